@@ -6,9 +6,14 @@ let package = Package(
     products: [
         .library(name: "VirtioIOMMU", targets: ["VirtioIOMMU"]),
     ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+    ],
     targets: [
         // Device model: wire format, domains, mappings, translation. No system calls.
-        .target(name: "VirtioIOMMU"),
+        .target(name: "VirtioIOMMU", dependencies: [
+            .product(name: "DequeModule", package: "swift-collections"),
+        ]),
         .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,287 @@
+/// The virtio-iommu device model (virtio 1.4 §5.13): requests in, replies and faults out.
+///
+/// A value type with no system calls: the transport hands it descriptor-chain views and tells it the
+/// negotiated features; whoever shares it between threads wraps it in a lock.
+public struct Device: Sendable {
+    public let configuration: Configuration
+    /// Device features the driver accepted (a subset of `configuration.features`).
+    public private(set) var negotiatedFeatures: Features = []
+    /// The `bypass` config field: unattached endpoints are in bypass while it is true and F_BYPASS_CONFIG is offered.
+    public private(set) var bypass: Bool
+    public internal(set) var endpoints: [Endpoint.ID: Endpoint]
+    public internal(set) var domains: [Domain.ID: Domain] = [:]
+    /// Mappings across all domains.
+    public internal(set) var mappingCount = 0
+    public internal(set) var counters = Counters()
+    var faults: FaultQueue
+
+    /// The largest readable snapshot a request needs (PROBE: 72 bytes).
+    public static let maxRequestSize = 72
+
+    public init(configuration: Configuration) throws(ConfigurationError) {
+        try configuration.validate()
+        self.configuration = configuration
+        self.bypass = configuration.bypass
+        self.faults = FaultQueue(capacity: configuration.limits.maxPendingFaults)
+        var endpoints: [Endpoint.ID: Endpoint] = [:]
+        endpoints.reserveCapacity(configuration.endpoints.count)
+        for (id, regions) in configuration.endpoints {
+            endpoints[id] = Endpoint(id: id, reservedRegions: regions)
+        }
+        self.endpoints = endpoints
+    }
+
+    /// The mapping granule: the least significant set bit of `page_size_mask`.
+    public var granule: UInt64 { configuration.granule }
+
+    // MARK: Features and config space
+
+    /// Records what the driver accepted; bits the device did not offer are ignored.
+    public mutating func negotiate(_ features: Features) {
+        negotiatedFeatures = features.intersection(configuration.features)
+    }
+
+    /// The config space as the driver reads it; fields of features not offered read as 0.
+    public var configSpace: ConfigSpace {
+        let offered = configuration.features
+        var space = ConfigSpace()
+        space.pageSizeMask = configuration.pageSizeMask
+        if offered.contains(.inputRange) {
+            space.inputRangeStart = configuration.inputRange.first
+            space.inputRangeEnd = configuration.inputRange.last
+        }
+        if offered.contains(.domainRange) {
+            space.domainRangeStart = configuration.domainRange.lowerBound
+            space.domainRangeEnd = configuration.domainRange.upperBound
+        }
+        if offered.contains(.probe) { space.probeSize = configuration.probeSize }
+        if offered.contains(.bypassConfig) { space.bypass = bypass ? 1 : 0 }
+        return space
+    }
+
+    /// Applies a driver's config write. Only `bypass` is writable (§5.13.4.1), only with
+    /// F_BYPASS_CONFIG negotiated, and only as 0 or 1; other bytes may be rewritten unchanged,
+    /// because some transports send the whole config space on every write.
+    public mutating func writeConfig(offset: Int, bytes: [UInt8]) throws(ConfigWriteError) {
+        guard offset >= 0, offset <= ConfigSpace.size, bytes.count <= ConfigSpace.size - offset else {
+            throw .outOfBounds(offset: offset, count: bytes.count)
+        }
+        let current = configSpace.bytes
+        var newBypass: UInt8?
+        for (i, byte) in bytes.enumerated() {
+            let at = offset + i
+            if at == ConfigSpace.bypassOffset && configuration.features.contains(.bypassConfig) {
+                newBypass = byte
+            } else if byte != current[at] {
+                throw .readOnly(offset: at)
+            }
+        }
+        guard let value = newBypass, value != current[ConfigSpace.bypassOffset] else { return }
+        guard negotiatedFeatures.contains(.bypassConfig) else { throw .bypassNotNegotiated }
+        guard value <= 1 else { throw .invalidBypass(value) }  // D6
+        bypass = value == 1
+    }
+
+    // MARK: Reset
+
+    /// Device reset: no endpoint stays attached, no domain or mapping survives, pending faults are
+    /// dropped. `bypass` keeps its value (D5), and the negotiated features belong to the transport.
+    public mutating func reset() {
+        domains.removeAll()
+        for id in endpoints.keys { endpoints[id]!.domain = nil }
+        mappingCount = 0
+        faults.removeAll()
+    }
+
+    // MARK: Requests
+
+    /// Handles one request chain: reads the request, applies it, writes the reply.
+    /// Returns the used length: 0 when nothing was written (D8, D36, or no room for the tail);
+    /// otherwise the whole writable part, whose unused bytes are zeroed and whose last 4 bytes are the tail.
+    public mutating func handle(readable: ReadableParts, writable: WritableParts) -> Int {
+        let writableCount = writable.totalCount
+        guard writableCount >= requestTailSize else {
+            counters.unanswered += 1
+            return 0
+        }
+        return withUnsafeTemporaryAllocation(byteCount: Self.maxRequestSize, alignment: 8) { snapshot in
+            let snapshot = UnsafeMutableRawBufferPointer(snapshot)
+            let length = readable.gather(into: snapshot)
+            guard length >= requestHeadSize,
+                  let type = RequestType(rawValue: snapshot[0]), isEnabled(type) else {
+                counters.unanswered += 1
+                return 0
+            }
+            let body = UnsafeRawBufferPointer(rebasing: snapshot[0..<length])
+            let tailOffset = writableCount - requestTailSize
+            var written = 0  // reply bytes at the start of the writable part
+            let status: Status
+            if length < type.readableSize {
+                status = .invalid
+            } else {
+                switch type {
+                case .attach: status = execute(AttachRequest(body))
+                case .detach: status = execute(DetachRequest(body))
+                case .map: status = execute(MapRequest(body))
+                case .unmap: status = execute(UnmapRequest(body))
+                case .probe: (status, written) = execute(ProbeRequest(body), writable: writable, room: tailOffset)
+                }
+            }
+            counters.record(type, status)
+            writable.zero(from: written, count: tailOffset - written)
+            var tail: UInt32 = UInt32(status.rawValue).littleEndian  // tail.reserved = 0 (D9)
+            withUnsafeBytes(of: &tail) { writable.scatter($0, at: tailOffset) }
+            return writableCount
+        }
+    }
+
+    /// Whether a request type is understood under the negotiated features; others are unrecognized (D8).
+    func isEnabled(_ type: RequestType) -> Bool {
+        switch type {
+        case .attach, .detach: true
+        case .map, .unmap: negotiatedFeatures.contains(.mapUnmap)
+        case .probe: negotiatedFeatures.contains(.probe)  // D36
+        }
+    }
+
+    /// ATTACH (§5.13.6.3): validated completely before the endpoint leaves its old domain,
+    /// so a rejected ATTACH changes nothing.
+    public mutating func execute(_ request: AttachRequest) -> Status {
+        guard request.reserved == 0 else { return .invalid }  // D11
+        let allowedFlags = negotiatedFeatures.contains(.bypassConfig) ? AttachRequest.flagBypass : 0
+        guard request.flags & ~allowedFlags == 0 else { return .invalid }  // D12
+        guard let endpoint = endpoints[request.endpoint] else { return .noEntry }  // D13
+        if negotiatedFeatures.contains(.domainRange) && !configuration.domainRange.contains(request.domain) {
+            return .range
+        }
+        let wantsBypass = request.flags & AttachRequest.flagBypass != 0
+        if let existing = domains[request.domain] {
+            guard existing.isBypass == wantsBypass else { return .invalid }  // D15
+            if endpoint.domain == request.domain { return .ok }  // already there: nothing to do
+            for region in endpoint.reservedRegions where existing.mappings.overlaps(region.range) {
+                return .unsupported  // D17
+            }
+        } else {
+            // A move that empties the old domain frees a slot for the new one.
+            let freesOne = endpoint.domain.map { domains[$0]?.endpoints.count == 1 } ?? false
+            guard domains.count - (freesOne ? 1 : 0) < configuration.limits.maxDomains else { return .noMemory }
+        }
+        if let old = endpoint.domain { detach(endpoint: endpoint.id, from: old) }  // D16
+        if domains[request.domain] == nil {
+            domains[request.domain] = Domain(id: request.domain, isBypass: wantsBypass)
+        }
+        domains[request.domain]!.endpoints.append(endpoint.id)
+        endpoints[endpoint.id]!.domain = request.domain
+        refreshReservedRanges(of: request.domain)
+        return .ok  // D18
+    }
+
+    /// DETACH (§5.13.6.4). `reserved` is ignored (D19).
+    public mutating func execute(_ request: DetachRequest) -> Status {
+        guard let endpoint = endpoints[request.endpoint] else { return .noEntry }  // D20
+        guard endpoint.domain == request.domain, domains[request.domain] != nil else { return .invalid }  // D21
+        detach(endpoint: endpoint.id, from: request.domain)  // D22
+        return .ok
+    }
+
+    /// MAP (§5.13.6.5).
+    public mutating func execute(_ request: MapRequest) -> Status {
+        let flags = MapFlags(rawValue: request.flags)
+        var allowed: MapFlags = [.read, .write]
+        if negotiatedFeatures.contains(.mmio) { allowed.insert(.mmio) }
+        guard allowed.contains(flags) else { return .invalid }  // D25; MMIO needs F_MMIO
+        guard let domain = domains[request.domain] else { return .noEntry }  // D26
+        guard !domain.isBypass else { return .invalid }  // D27
+        let mask = granule - 1
+        guard request.virtualStart & mask == 0, request.physicalStart & mask == 0,
+              (request.virtualEnd &+ 1) & mask == 0 else { return .range }  // D23
+        guard let range = IOVARange(first: request.virtualStart, last: request.virtualEnd) else { return .invalid }
+        guard configuration.inputRange.contains(range) else { return .range }
+        guard !request.physicalStart.addingReportingOverflow(range.lengthMinusOne).overflow else { return .range }
+        guard !domain.overlapsReservedRange(range) else { return .invalid }  // D45
+        guard !domain.mappings.overlaps(range) else { return .invalid }  // D24
+        guard domain.mappings.count < configuration.limits.maxMappingsPerDomain,
+              mappingCount < configuration.limits.maxMappingsTotal else { return .noMemory }
+        domains[request.domain]!.mappings.insert(
+            Mapping(virtualStart: range.first, virtualEnd: range.last, physicalStart: request.physicalStart, flags: flags))
+        mappingCount += 1
+        return .ok
+    }
+
+    /// UNMAP (§5.13.6.6): removes every mapping inside the range, or nothing if one would be split.
+    public mutating func execute(_ request: UnmapRequest) -> Status {
+        guard request.reserved == 0 else { return .invalid }  // D29: reject, and unmap nothing
+        guard let domain = domains[request.domain] else { return .noEntry }  // D30
+        guard !domain.isBypass else { return .invalid }  // D31
+        guard let range = IOVARange(first: request.virtualStart, last: request.virtualEnd) else { return .invalid }
+        guard !domain.mappings.wouldSplit(range) else { return .range }  // D32
+        mappingCount -= domains[request.domain]!.mappings.removeAll(startingIn: range)  // D33
+        return .ok
+    }
+
+    /// PROBE (§5.13.6.7): writes the endpoint's RESV_MEM properties at the start of the writable part.
+    /// Returns the status and the bytes written before the tail (the rest is zero-filled, D41).
+    mutating func execute(_ request: ProbeRequest, writable: WritableParts, room: Int) -> (Status, Int) {
+        guard let endpoint = endpoints[request.endpoint] else { return (.noEntry, 0) }  // D35
+        guard room >= Int(configuration.probeSize) else { return (.invalid, 0) }  // D40
+        let properties = probeProperties(of: endpoint)
+        properties.withUnsafeBytes { writable.scatter($0, at: 0) }
+        return (.ok, properties.count)
+    }
+
+    /// The PROBE properties of an endpoint: one RESV_MEM per reserved region (D37–D39, D42).
+    func probeProperties(of endpoint: Endpoint) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: endpoint.reservedRegions.count * ResvMemProperty.size)
+        bytes.withUnsafeMutableBytes { buffer in
+            for (i, region) in endpoint.reservedRegions.enumerated() {
+                ResvMemProperty.write(region, into: buffer, at: i * ResvMemProperty.size)
+            }
+        }
+        return bytes
+    }
+
+    // MARK: Domain membership
+
+    /// Removes an endpoint from a domain; the domain and its mappings go with its last endpoint.
+    mutating func detach(endpoint id: Endpoint.ID, from domainID: Domain.ID) {
+        endpoints[id]?.domain = nil
+        guard let domain = domains[domainID] else { return }
+        if domain.endpoints.count <= 1 {
+            mappingCount -= domain.mappings.count
+            domains[domainID] = nil
+        } else {
+            domains[domainID]!.endpoints.removeAll { $0 == id }
+            refreshReservedRanges(of: domainID)
+        }
+    }
+
+    private mutating func refreshReservedRanges(of domainID: Domain.ID) {
+        guard let members = domains[domainID]?.endpoints else { return }
+        var ranges: [IOVARange] = []
+        for member in members { ranges.append(contentsOf: endpoints[member]?.reservedRegions.map(\.range) ?? []) }
+        domains[domainID]!.reservedRanges = ranges
+    }
+
+    // MARK: Statistics
+
+    /// Faults waiting for an event buffer.
+    public var pendingFaultCount: Int { faults.count }
+    /// Faults dropped because the pending queue was full.
+    public var droppedFaultCount: Int { faults.dropped }
+}
+
+extension Device {
+    /// Handles a request given as bytes, with a writable part of `writableSize` bytes;
+    /// returns the used length and the writable part as the driver would see it.
+    public mutating func handle(request: [UInt8], writableSize: Int) -> (usedLength: Int, reply: [UInt8]) {
+        var reply = [UInt8](repeating: 0xAA, count: max(0, writableSize))  // 0xAA shows unwritten bytes
+        let used = request.withUnsafeBytes { readable in
+            reply.withUnsafeMutableBytes { writable in
+                [readable].withUnsafeBufferPointer { r in
+                    [writable].withUnsafeBufferPointer { w in handle(readable: r, writable: w) }
+                }
+            }
+        }
+        return (used, reply)
+    }
+}

@@ -1,0 +1,72 @@
+/// A translation fault, reported to the driver as a 24-byte event (virtio 1.4 §5.13.6.9).
+public struct Fault: Hashable, Sendable, CustomStringConvertible {
+    public enum Reason: UInt8, Sendable, CustomStringConvertible {
+        case unknown = 0
+        /// The endpoint is not attached to a domain and not in bypass.
+        case domain = 1
+        /// No mapping covers the address, or it lacks the permission.
+        case mapping = 2
+
+        public var description: String {
+            switch self {
+            case .unknown: "unknown"
+            case .domain: "domain"
+            case .mapping: "mapping"
+            }
+        }
+    }
+
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        public static let read = Flags(rawValue: 1 << 0)
+        public static let write = Flags(rawValue: 1 << 1)
+        public static let exec = Flags(rawValue: 1 << 2)
+        public static let address = Flags(rawValue: 1 << 8)
+    }
+
+    public static let eventSize = 24
+
+    public var reason: Reason
+    public var flags: Flags
+    public var endpoint: UInt32
+    public var address: UInt64
+
+    public init(reason: Reason, flags: Flags, endpoint: UInt32, address: UInt64) {
+        self.reason = reason
+        self.flags = flags
+        self.endpoint = endpoint
+        self.address = address
+    }
+
+    /// Writes the 24-byte record; reserved fields are zero (D47) and only defined flags are set (D48).
+    public func write(into buffer: UnsafeMutableRawBufferPointer) {
+        precondition(buffer.count >= Self.eventSize)
+        buffer.storeLE(UInt32(reason.rawValue), at: 0)
+        buffer.storeLE(flags.rawValue, at: 4)
+        buffer.storeLE(endpoint, at: 8)
+        buffer.storeLE(UInt32(0), at: 12)
+        buffer.storeLE(address, at: 16)
+    }
+
+    public var encoded: [UInt8] {
+        var out = [UInt8](repeating: 0, count: Self.eventSize)
+        out.withUnsafeMutableBytes { write(into: $0) }
+        return out
+    }
+
+    /// Decodes a fault record; nil when the reserved bytes are not zero (a driver must ignore it then).
+    public init?(event bytes: [UInt8]) {
+        guard bytes.count >= Self.eventSize, bytes[1] == 0, bytes[2] == 0, bytes[3] == 0,
+              let reason = Reason(rawValue: bytes[0]) else { return nil }
+        self.init(reason: reason, flags: Flags(rawValue: bytes.le(UInt32.self, at: 4)),
+                  endpoint: bytes.le(UInt32.self, at: 8), address: bytes.le(UInt64.self, at: 16))
+    }
+
+    public var description: String {
+        var access = ""
+        if flags.contains(.read) { access += "R" }
+        if flags.contains(.write) { access += "W" }
+        return "\(reason) fault from endpoint \(endpoint) at 0x\(String(address, radix: 16)) \(access)"
+    }
+}

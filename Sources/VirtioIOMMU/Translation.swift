@@ -1,0 +1,111 @@
+/// The kind of access a consumer asks to translate.
+public struct Access: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let read = Access(rawValue: 1 << 0)
+    public static let write = Access(rawValue: 1 << 1)
+}
+
+/// A guest-physical run of bytes that a translated IOVA range covers.
+public struct Segment: Hashable, Sendable {
+    public var address: UInt64
+    public var length: UInt64
+
+    public init(address: UInt64, length: UInt64) {
+        self.address = address
+        self.length = length
+    }
+}
+
+/// Why a translation produced no segments.
+public enum TranslationError: Error, Hashable, Sendable {
+    /// No such endpoint: nothing is reported to the guest, since a fault must name a valid endpoint (D49).
+    case unknownEndpoint(Endpoint.ID)
+    /// A zero length, or a range that runs past 2^64−1.
+    case invalidRange
+    /// The access is denied; the same fault was queued for the guest's event queue.
+    case fault(Fault)
+}
+
+extension Device {
+    /// Whether an endpoint that is not attached to any domain is in bypass (§5.13.6, bypass rules).
+    public var unattachedEndpointsBypass: Bool {
+        (configuration.features.contains(.bypassConfig) && bypass) || negotiatedFeatures.contains(.bypass)
+    }
+
+    /// Translates `length` bytes at `iova` for an endpoint's DMA, across adjacent mappings.
+    ///
+    /// Bypass gives the identity. An attached endpoint needs a mapping with the permission for every
+    /// byte (D28: no write without WRITE; reads need READ); the MSI window of the endpoint is
+    /// translated 1:1. A denied access is queued as a fault for the event queue and thrown.
+    public mutating func translate(endpoint id: Endpoint.ID, iova: UInt64, length: UInt64,
+                                   access: Access) throws(TranslationError) -> [Segment] {
+        guard let endpoint = endpoints[id] else { throw .unknownEndpoint(id) }
+        guard let range = IOVARange(start: iova, length: length) else { throw .invalidRange }
+        let identity = [Segment(address: iova, length: length)]
+        guard let domainID = endpoint.domain, let domain = domains[domainID] else {
+            if unattachedEndpointsBypass { return identity }
+            throw .fault(raise(.domain, access: access, endpoint: id, address: iova))  // D10
+        }
+        if domain.isBypass { return identity }
+        if endpoint.reservedRegions.contains(where: { $0.kind == .msi && $0.range.contains(range) }) {
+            return identity
+        }
+        var segments: [Segment] = []
+        var address = range.first
+        while true {
+            guard let mapping = domain.mappings.mapping(containing: address) else {
+                throw .fault(raise(.mapping, access: access, endpoint: id, address: address))
+            }
+            var denied: Fault.Flags = []
+            if access.contains(.read) && !mapping.flags.contains(.read) { denied.insert(.read) }
+            if access.contains(.write) && !mapping.flags.contains(.write) { denied.insert(.write) }
+            guard denied.isEmpty else {
+                throw .fault(raise(.mapping, flags: denied, endpoint: id, address: address))
+            }
+            let last = min(mapping.virtualEnd, range.last)
+            let physical = mapping.physicalAddress(of: address)
+            let count = last - address + 1  // ≤ length, so it fits
+            if let previous = segments.last, previous.address &+ previous.length == physical {
+                segments[segments.count - 1].length += count
+            } else {
+                segments.append(Segment(address: physical, length: count))
+            }
+            if last == range.last { return segments }
+            address = last + 1
+        }
+    }
+
+    private mutating func raise(_ reason: Fault.Reason, access: Access, endpoint: Endpoint.ID, address: UInt64) -> Fault {
+        var flags: Fault.Flags = []
+        if access.contains(.read) { flags.insert(.read) }
+        if access.contains(.write) { flags.insert(.write) }
+        return raise(reason, flags: flags, endpoint: endpoint, address: address)
+    }
+
+    private mutating func raise(_ reason: Fault.Reason, flags: Fault.Flags, endpoint: Endpoint.ID, address: UInt64) -> Fault {
+        let fault = Fault(reason: reason, flags: flags.union(.address), endpoint: endpoint, address: address)
+        faults.append(fault)
+        counters.faultsRaised += 1
+        return fault
+    }
+
+    /// Writes the oldest pending fault into an event buffer the driver posted.
+    /// Returns the used length (24), 0 when the buffer cannot hold a whole record (D51: never split;
+    /// the fault stays queued), or nil when no fault is pending (the buffer should stay posted).
+    public mutating func deliverFault(into writable: WritableParts) -> Int? {
+        guard let fault = faults.first else { return nil }
+        guard writable.totalCount >= Fault.eventSize else { return 0 }
+        _ = faults.popFirst()
+        fault.encoded.withUnsafeBytes { writable.scatter($0, at: 0) }
+        counters.faultsDelivered += 1
+        return Fault.eventSize
+    }
+
+    /// Removes and returns the oldest pending fault without a buffer (for consumers and tests).
+    public mutating func popFault() -> Fault? {
+        guard let fault = faults.popFirst() else { return nil }
+        counters.faultsDelivered += 1
+        return fault
+    }
+}

@@ -1,0 +1,579 @@
+import Testing
+@testable import VirtioIOMMU
+
+/// One test per device requirement of virtio 1.4 §5.13 that a device can observe
+/// (numbering from shared/reference/virtio-iommu.md §1.10; D5's system reset and D46 are not observable).
+@Suite struct FeatureAndConfigRules {
+    // §5.13.3.2 D1: the device offers F_MAP_UNMAP (a configuration without it is refused).
+    @Test func d1_mapUnmapIsOffered() {
+        #expect(Features.standard.contains(.mapUnmap))
+        var config = testConfiguration()
+        config.features.remove(.mapUnmap)
+        #expect(throws: ConfigurationError.mapUnmapNotOffered) { try Device(configuration: config) }
+    }
+
+    // §5.13.3.2 D2: a new device does not offer legacy F_BYPASS by default.
+    @Test func d2_legacyBypassNotOfferedByDefault() {
+        #expect(!Features.standard.contains(.bypass))
+        #expect(!testConfiguration().features.contains(.bypass))
+    }
+
+    // §5.13.3.2 D3: never F_BYPASS together with F_BYPASS_CONFIG.
+    @Test func d3_bothBypassFeaturesRefused() {
+        var config = testConfiguration()
+        config.features.insert(.bypass)
+        #expect(throws: ConfigurationError.bothBypassFeatures) { try Device(configuration: config) }
+    }
+
+    // §5.13.4.2 D4: page_size_mask has at least one bit set.
+    @Test func d4_pageSizeMaskNotEmpty() {
+        #expect(throws: ConfigurationError.emptyPageSizeMask) {
+            try Device(configuration: testConfiguration(pageSizeMask: 0))
+        }
+        #expect(makeDevice().configSpace.pageSizeMask == ~0xfff)
+    }
+
+    // §5.13.4.2 D5: bypass is initialized to 1 with BYPASS_CONFIG, and does not change on device reset.
+    @Test func d5_bypassInitialValueAndStickyOnReset() throws {
+        var device = makeDevice()
+        #expect(device.configSpace.bypass == 1)
+        var bytes = device.configSpace.bytes
+        bytes[36] = 0
+        try device.writeConfig(offset: 0, bytes: bytes)
+        device.reset()
+        #expect(device.configSpace.bypass == 0)
+    }
+
+    // §5.13.4.2 D6 / §5.13.4.1: bypass only ever 0 or 1, written only with BYPASS_CONFIG negotiated.
+    @Test func d6_bypassOnlyZeroOrOne() throws {
+        var device = makeDevice()
+        #expect(throws: ConfigWriteError.invalidBypass(2)) { try device.writeConfig(offset: 36, bytes: [2]) }
+        #expect(device.configSpace.bypass == 1)
+        var unnegotiated = try Device(configuration: testConfiguration())
+        unnegotiated.negotiate([.mapUnmap])
+        #expect(throws: ConfigWriteError.bypassNotNegotiated) { try unnegotiated.writeConfig(offset: 36, bytes: [0]) }
+        #expect(throws: ConfigWriteError.readOnly(offset: 0)) { try device.writeConfig(offset: 0, bytes: [1]) }
+        // Rewriting read-only bytes unchanged is accepted (QEMU's generic device sends the whole space).
+        try device.writeConfig(offset: 0, bytes: device.configSpace.bytes)
+    }
+
+    // §5.13.4: the 40-byte layout, little-endian, fields of unoffered features read as 0.
+    @Test func configLayout() {
+        let device = makeDevice()
+        let bytes = device.configSpace.bytes
+        #expect(bytes.count == 40)
+        #expect(Array(bytes[0..<8]) == [0x00, 0xf0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        #expect(bytes.le(UInt64.self, at: 16) == (1 << 48) - 1)
+        #expect(bytes.le(UInt32.self, at: 28) == UInt32.max)
+        #expect(bytes.le(UInt32.self, at: 32) == 512)
+        #expect(bytes[36] == 1 && bytes[37] == 0 && bytes[38] == 0 && bytes[39] == 0)
+        #expect(ConfigSpace(bytes: bytes) == device.configSpace)
+        let bare = makeDevice(testConfiguration(features: [.mapUnmap]))
+        #expect(bare.configSpace.bytes[8...].allSatisfy { $0 == 0 })
+    }
+}
+
+@Suite struct OperationRules {
+    // §5.13.6.2 D7: OK on success.
+    @Test func d7_okOnSuccess() {
+        var device = makeDevice()
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+    }
+
+    // §5.13.6.2 D8: unrecognized type → nothing written, used length 0.
+    @Test func d8_unknownTypeNotAnswered() {
+        var device = makeDevice()
+        #expect(device.send([0x42, 0, 0, 0] + [UInt8](repeating: 0, count: 60)) == nil)
+        #expect(device.send([0, 0, 0, 0]) == nil)
+        #expect(device.counters.unanswered == 2)
+    }
+
+    // §5.13.6.2 D9: head.reserved ignored, tail.reserved written as 0.
+    @Test func d9_headReservedIgnoredTailReservedZero() {
+        var device = makeDevice()
+        var request = AttachRequest(domain: 1, endpoint: plainEndpoint).encoded
+        request[1] = 0xff; request[2] = 0xff; request[3] = 0xff
+        let (used, reply) = device.handle(request: request, writableSize: 4)
+        #expect(used == 4)
+        #expect(reply == [Status.ok.rawValue, 0, 0, 0])
+    }
+
+    // §5.13.6.2 D10: an unattached endpoint that is not in bypass has no access.
+    @Test func d10_unattachedWithoutBypassHasNoAccess() throws {
+        var device = makeDevice(testConfiguration(bypass: false))
+        #expect(throws: TranslationError.self) {
+            try device.translate(endpoint: plainEndpoint, iova: 0x1000, length: 8, access: .read)
+        }
+        #expect(device.popFault()?.reason == .domain)
+        var open = makeDevice(testConfiguration(bypass: true))
+        #expect(try open.translate(endpoint: plainEndpoint, iova: 0x1000, length: 8, access: .read)
+                == [Segment(address: 0x1000, length: 8)])
+    }
+}
+
+@Suite struct AttachRules {
+    // §5.13.6.3.2 D11: reserved ≠ 0 → INVAL.
+    @Test func d11_reservedRejected() {
+        var device = makeDevice()
+        #expect(device.send(AttachRequest(domain: 1, endpoint: plainEndpoint, reserved: 1).encoded) == .invalid)
+        #expect(device.domains.isEmpty)
+    }
+
+    // §5.13.6.3.2 D12: unknown flags → INVAL; ATTACH_F_BYPASS is unknown without BYPASS_CONFIG.
+    @Test func d12_unknownFlagsRejected() {
+        var device = makeDevice()
+        #expect(device.attach(plainEndpoint, to: 1, flags: 2) == .invalid)
+        var legacy = makeDevice(testConfiguration(features: [.mapUnmap, .probe]))
+        #expect(legacy.attach(plainEndpoint, to: 1, flags: AttachRequest.flagBypass) == .invalid)
+        #expect(device.domains.isEmpty && legacy.domains.isEmpty)
+    }
+
+    // §5.13.6.3.2 D13: unknown endpoint → NOENT.
+    @Test func d13_unknownEndpoint() {
+        var device = makeDevice()
+        #expect(device.attach(77, to: 1) == .noEntry)
+    }
+
+    // §5.13.6.3.2 D14: several endpoints may share a domain.
+    @Test func d14_sharedDomain() {
+        var device = makeDevice()
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+        #expect(device.attach(msiEndpoint, to: 1) == .ok)
+        #expect(device.domains[1]?.endpoints == [plainEndpoint, msiEndpoint])
+    }
+
+    // §5.13.6.3.2 D15: existing domain with the other bypass kind → INVAL, and nothing changes.
+    @Test func d15_bypassMismatch() {
+        var device = makeDevice()
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+        #expect(device.attach(msiEndpoint, to: 2, flags: AttachRequest.flagBypass) == .ok)
+        #expect(device.attach(plainEndpoint, to: 2) == .invalid)
+        // QEMU leaves the endpoint detached here; the model validates first, so it stays in domain 1.
+        #expect(device.endpoints[plainEndpoint]?.domain == 1)
+    }
+
+    // §5.13.6.3.2 D16: attach while attached elsewhere = DETACH then ATTACH.
+    @Test func d16_implicitDetach() {
+        var device = makeDevice()
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+        #expect(device.map(1, 0x1000, 0x1fff) == .ok)
+        #expect(device.attach(plainEndpoint, to: 2) == .ok)
+        #expect(device.domains[1] == nil)  // its last endpoint left
+        #expect(device.mappingCount == 0)
+        #expect(device.endpoints[plainEndpoint]?.domain == 2)
+    }
+
+    // §5.13.6.3.2 D17: reserved regions that overlap the domain's mappings → UNSUPP.
+    @Test func d17_incompatibleReservedRegions() {
+        var device = makeDevice()
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+        #expect(device.map(1, reservedWindow.first, reservedWindow.first + 0xfff) == .ok)
+        #expect(device.attach(reservedEndpoint, to: 1) == .unsupported)
+        #expect(device.endpoints[reservedEndpoint]?.domain == nil)
+        #expect(device.attach(reservedEndpoint, to: 2) == .ok)
+    }
+
+    // §5.13.6.3.2 D18: a request that is not rejected attaches; re-attach to the same domain keeps mappings.
+    @Test func d18_attachHappens() throws {
+        var device = makeDevice(testConfiguration(bypass: false))
+        #expect(device.attach(plainEndpoint, to: 5) == .ok)
+        #expect(device.map(5, 0x4000, 0x4fff, phys: 0x9000) == .ok)
+        #expect(device.attach(plainEndpoint, to: 5) == .ok)
+        #expect(try device.translate(endpoint: plainEndpoint, iova: 0x4010, length: 4, access: .read)
+                == [Segment(address: 0x9010, length: 4)])
+    }
+
+    // §5.13.6.3: ATTACH outside domain_range (negotiated) → RANGE.
+    @Test func domainRangeEnforced() {
+        var config = testConfiguration()
+        config.domainRange = 1...10
+        var device = makeDevice(config)
+        #expect(device.attach(plainEndpoint, to: 11) == .range)
+        #expect(device.attach(plainEndpoint, to: 10) == .ok)
+    }
+
+    // Limits: a new domain beyond maxDomains → NOMEM; moving the only member of a domain is allowed.
+    @Test func domainLimit() {
+        var device = makeDevice(testConfiguration(limits: Limits(maxDomains: 1)))
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+        #expect(device.attach(msiEndpoint, to: 2) == .noMemory)
+        #expect(device.attach(plainEndpoint, to: 3) == .ok)
+    }
+}
+
+@Suite struct DetachRules {
+    // §5.13.6.4.2 D19: reserved is ignored.
+    @Test func d19_reservedIgnored() {
+        var device = makeDevice()
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+        #expect(device.send(DetachRequest(domain: 1, endpoint: plainEndpoint, reserved: .max).encoded) == .ok)
+    }
+
+    // §5.13.6.4.2 D20: unknown endpoint → NOENT.
+    @Test func d20_unknownEndpoint() {
+        var device = makeDevice()
+        #expect(device.detach(1234, from: 1) == .noEntry)
+    }
+
+    // §5.13.6.4.2 D21: unknown domain, or endpoint not in it → INVAL.
+    @Test func d21_wrongDomain() {
+        var device = makeDevice()
+        #expect(device.detach(plainEndpoint, from: 1) == .invalid)
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+        #expect(device.attach(msiEndpoint, to: 2) == .ok)
+        #expect(device.detach(plainEndpoint, from: 2) == .invalid)
+        #expect(device.endpoints[plainEndpoint]?.domain == 1)
+    }
+
+    // §5.13.6.4.2 D22: after DETACH the endpoint reaches none of the domain's mappings.
+    @Test func d22_noAccessAfterDetach() {
+        var device = makeDevice(testConfiguration(bypass: false))
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+        #expect(device.attach(msiEndpoint, to: 1) == .ok)
+        #expect(device.map(1, 0x1000, 0x1fff) == .ok)
+        #expect(device.detach(plainEndpoint, from: 1) == .ok)
+        #expect(throws: TranslationError.self) {
+            try device.translate(endpoint: plainEndpoint, iova: 0x1000, length: 1, access: .read)
+        }
+        #expect(device.domains[1]?.mappings.count == 1)  // still there for the other endpoint
+        #expect(device.detach(msiEndpoint, from: 1) == .ok)
+        #expect(device.domains.isEmpty && device.mappingCount == 0)  // gone with its last endpoint
+    }
+}
+
+@Suite struct MapRules {
+    func attached() -> Device {
+        var device = makeDevice(testConfiguration(bypass: false))
+        _ = device.attach(plainEndpoint, to: 1)
+        return device
+    }
+
+    // §5.13.6.5.2 D23: virt_start, phys_start or virt_end+1 not granule-aligned → RANGE.
+    @Test func d23_alignment() {
+        var device = attached()
+        #expect(device.map(1, 0x1001, 0x1fff) == .range)
+        #expect(device.map(1, 0x1000, 0x1ffe) == .range)
+        #expect(device.map(1, 0x1000, 0x1fff, phys: 0x2001) == .range)
+        #expect(device.map(1, 0x1000, 0x1fff, phys: 0x2000) == .ok)
+        // virt_end = 2^64−1: virt_end+1 wraps to 0, which is aligned.
+        #expect(device.map(1, 0xffff_ffff_ffff_f000, .max, phys: 0x3000) == .range)  // outside input_range
+        var full = makeDevice(testConfiguration(features: [.mapUnmap, .probe, .mmio, .bypassConfig]))
+        _ = full.attach(plainEndpoint, to: 1)
+        #expect(full.map(1, 0xffff_ffff_ffff_f000, .max, phys: 0x3000) == .ok)
+    }
+
+    // §5.13.6.5.2 D24: an existing mapping in the range → INVAL.
+    @Test func d24_overlap() {
+        var device = attached()
+        #expect(device.map(1, 0x1000, 0x2fff) == .ok)
+        #expect(device.map(1, 0x2000, 0x3fff) == .invalid)
+        #expect(device.map(1, 0x0000, 0x1fff) == .invalid)
+        #expect(device.map(1, 0x3000, 0x3fff) == .ok)  // adjacent is fine
+    }
+
+    // §5.13.6.5.2 D25: unknown flags → INVAL; MMIO only with F_MMIO.
+    @Test func d25_unknownFlags() {
+        var device = attached()
+        #expect(device.map(1, 0x1000, 0x1fff, flags: MapFlags(rawValue: 8)) == .invalid)
+        #expect(device.map(1, 0x1000, 0x1fff, flags: [.write, .mmio]) == .ok)
+        var noMMIO = makeDevice(testConfiguration(features: [.mapUnmap, .probe, .bypassConfig]))
+        _ = noMMIO.attach(plainEndpoint, to: 1)
+        #expect(noMMIO.map(1, 0x1000, 0x1fff, flags: [.write, .mmio]) == .invalid)
+    }
+
+    // §5.13.6.5.2 D26: unknown domain → NOENT.
+    @Test func d26_unknownDomain() {
+        var device = attached()
+        #expect(device.map(9, 0x1000, 0x1fff) == .noEntry)
+    }
+
+    // §5.13.6.5.2 D27: bypass domain → INVAL.
+    @Test func d27_bypassDomain() {
+        var device = makeDevice()
+        _ = device.attach(plainEndpoint, to: 3, flags: AttachRequest.flagBypass)
+        #expect(device.map(3, 0x1000, 0x1fff) == .invalid)
+    }
+
+    // §5.13.6.5.2 D28: never a write through a mapping without WRITE (reads need READ too).
+    @Test func d28_permissions() throws {
+        var device = attached()
+        #expect(device.map(1, 0x1000, 0x1fff, flags: .read) == .ok)
+        #expect(device.map(1, 0x2000, 0x2fff, flags: .write) == .ok)
+        #expect(throws: TranslationError.fault(Fault(reason: .mapping, flags: [.write, .address], endpoint: plainEndpoint, address: 0x1000))) {
+            try device.translate(endpoint: plainEndpoint, iova: 0x1000, length: 4, access: .write)
+        }
+        #expect(throws: TranslationError.fault(Fault(reason: .mapping, flags: [.read, .address], endpoint: plainEndpoint, address: 0x2000))) {
+            try device.translate(endpoint: plainEndpoint, iova: 0x2000, length: 4, access: .read)
+        }
+        #expect(try device.translate(endpoint: plainEndpoint, iova: 0x2000, length: 4, access: .write).count == 1)
+    }
+
+    // §5.13.6.5: virt_end < virt_start → INVAL; a MAP outside input_range → RANGE;
+    // a physical end past 2^64−1 → RANGE.
+    @Test func mapRangeChecks() {
+        var device = attached()
+        #expect(device.map(1, 0x2000, 0x0fff) == .invalid)
+        #expect(device.map(1, 1 << 48, (1 << 48) + 0xfff) == .range)
+        #expect(device.map(1, 0x1000, 0x2fff, phys: 0xffff_ffff_ffff_f000) == .range)
+        #expect(device.mappingCount == 0)
+    }
+
+    // Limits: per-domain and total mapping caps → NOMEM.
+    @Test func mappingLimits() {
+        var device = makeDevice(testConfiguration(limits: Limits(maxMappingsPerDomain: 2, maxMappingsTotal: 3)))
+        _ = device.attach(plainEndpoint, to: 1)
+        _ = device.attach(msiEndpoint, to: 2)
+        #expect(device.map(1, 0x1000, 0x1fff) == .ok)
+        #expect(device.map(1, 0x2000, 0x2fff) == .ok)
+        #expect(device.map(1, 0x3000, 0x3fff) == .noMemory)
+        #expect(device.map(2, 0x1000, 0x1fff) == .ok)
+        #expect(device.map(2, 0x2000, 0x2fff) == .noMemory)
+    }
+}
+
+@Suite struct UnmapRules {
+    func attached(byteGranule: Bool = false) -> Device {
+        var device = makeDevice(testConfiguration(pageSizeMask: byteGranule ? 1 : ~0xfff))
+        _ = device.attach(plainEndpoint, to: 1)
+        return device
+    }
+
+    // §5.13.6.6.2 D29: reserved ≠ 0 → INVAL (the model chooses not to unmap then).
+    @Test func d29_reserved() {
+        var device = attached()
+        #expect(device.map(1, 0x1000, 0x1fff) == .ok)
+        #expect(device.send(UnmapRequest(domain: 1, virtualStart: 0, virtualEnd: .max, reserved: 1).encoded) == .invalid)
+        #expect(device.mappingCount == 1)
+    }
+
+    // §5.13.6.6.2 D30: unknown domain → NOENT.
+    @Test func d30_unknownDomain() {
+        var device = attached()
+        #expect(device.unmap(2, 0, 0xfff) == .noEntry)
+    }
+
+    // §5.13.6.6.2 D31: bypass domain → INVAL.
+    @Test func d31_bypassDomain() {
+        var device = attached()
+        _ = device.attach(msiEndpoint, to: 2, flags: AttachRequest.flagBypass)
+        #expect(device.unmap(2, 0, 0xfff) == .invalid)
+    }
+
+    // §5.13.6.6.2 D32: split → RANGE, with nothing removed (also for fully covered mappings before it).
+    @Test func d32_splitRemovesNothing() {
+        var device = attached(byteGranule: true)
+        #expect(device.map(1, 0, 4) == .ok)
+        #expect(device.map(1, 10, 19) == .ok)
+        #expect(device.unmap(1, 0, 14) == .range)
+        #expect(device.mappings(of: 1).count == 2)
+        #expect(device.unmap(1, 15, 30) == .range)
+        #expect(device.mappingCount == 2)
+    }
+
+    // §5.13.6.6.2 D33: partly or wholly unmapped ranges remove what they cover and return OK.
+    @Test func d33_partlyUnmapped() {
+        var device = attached(byteGranule: true)
+        #expect(device.map(1, 100, 199) == .ok)
+        #expect(device.unmap(1, 0, 1000) == .ok)
+        #expect(device.mappingCount == 0)
+        #expect(device.unmap(1, 0, 1000) == .ok)
+    }
+
+    // The spec's UNMAP examples (§5.13.6.6), with byte granularity, sizes as in the spec.
+    @Test func example1_unmapEmpty() {
+        var device = attached(byteGranule: true)
+        #expect(device.unmap(1, 0, 4) == .ok)
+    }
+
+    @Test func example2_unmapExact() {
+        var device = attached(byteGranule: true)
+        _ = device.map(1, 0, 9)
+        #expect(device.unmap(1, 0, 9) == .ok)
+        #expect(device.mappingCount == 0)
+    }
+
+    @Test func example3_unmapTwoAdjacent() {
+        var device = attached(byteGranule: true)
+        _ = device.map(1, 0, 4); _ = device.map(1, 5, 9)
+        #expect(device.unmap(1, 0, 9) == .ok)
+        #expect(device.mappingCount == 0)
+    }
+
+    @Test func example4_splitFails() {
+        var device = attached(byteGranule: true)
+        _ = device.map(1, 0, 9)
+        #expect(device.unmap(1, 0, 4) == .range)
+        #expect(device.mappings(of: 1).map(\.virtualEnd) == [9])
+    }
+
+    @Test func example5_unmapFirstOfTwo() {
+        var device = attached(byteGranule: true)
+        _ = device.map(1, 0, 4); _ = device.map(1, 5, 9)
+        #expect(device.unmap(1, 0, 4) == .ok)
+        #expect(device.mappings(of: 1).map(\.virtualStart) == [5])
+    }
+
+    @Test func example6_unmapLarger() {
+        var device = attached(byteGranule: true)
+        _ = device.map(1, 0, 4)
+        #expect(device.unmap(1, 0, 9) == .ok)
+        #expect(device.mappingCount == 0)
+    }
+
+    @Test func example7_unmapAcrossHole() {
+        var device = attached(byteGranule: true)
+        _ = device.map(1, 0, 4); _ = device.map(1, 10, 14)
+        #expect(device.unmap(1, 0, 14) == .ok)
+        #expect(device.mappingCount == 0)
+    }
+}
+
+@Suite struct ProbeRules {
+    func probe(_ device: inout Device, _ endpoint: UInt32, writable: Int = 516) -> (Status?, [UInt8]) {
+        let (used, reply) = device.handle(request: ProbeRequest(endpoint: endpoint).encoded, writableSize: writable)
+        guard used > 0 else { return (nil, reply) }
+        return (Status(rawValue: reply[writable - 4]), reply)
+    }
+
+    // §5.13.6.7.2 D34: reserved is ignored.
+    @Test func d34_reservedIgnored() {
+        var device = makeDevice()
+        var request = ProbeRequest(endpoint: plainEndpoint).encoded
+        for i in 8..<72 { request[i] = 0x5a }
+        #expect(device.send(request, writable: 516) == .ok)
+    }
+
+    // §5.13.6.7.2 D35: unknown endpoint → NOENT.
+    @Test func d35_unknownEndpoint() {
+        var device = makeDevice()
+        #expect(probe(&device, 555).0 == .noEntry)
+    }
+
+    // §5.13.6.7.2 D36: PROBE without F_PROBE → nothing written, used length 0.
+    @Test func d36_probeWithoutFeature() {
+        var device = makeDevice(testConfiguration(features: [.mapUnmap, .bypassConfig]))
+        #expect(probe(&device, plainEndpoint).0 == nil)
+        var unnegotiated = try! Device(configuration: testConfiguration())
+        unnegotiated.negotiate([.mapUnmap])
+        #expect(probe(&unnegotiated, plainEndpoint).0 == nil)
+    }
+
+    // §5.13.6.7.2 D37, D38, D39, §5.13.6.8.1.2 D42: reserved bits 0, length excludes the header,
+    // the next property starts length+4 later.
+    @Test func d37_d38_d39_d42_propertyEncoding() {
+        var device = makeDevice()
+        let (status, reply) = probe(&device, msiEndpoint)
+        #expect(status == .ok)
+        #expect(reply.le(UInt16.self, at: 0) == 1)        // type RESV_MEM, reserved bits 0
+        #expect(reply.le(UInt16.self, at: 2) == 20)       // length without the header
+        #expect(reply[4] == 1)                            // subtype MSI
+        #expect(reply[5] == 0 && reply[6] == 0 && reply[7] == 0)
+        #expect(reply.le(UInt64.self, at: 8) == 0xfee0_0000)
+        #expect(reply.le(UInt64.self, at: 16) == 0xfeef_ffff)
+        #expect(reply.le(UInt16.self, at: 24) == 0)       // next property at 20+4: NONE
+        #expect(ResvMemProperty.parse(Array(reply[0..<512])) == [.x86MSIWindow])
+    }
+
+    // §5.13.6.7.2 D40: properties space smaller than probe_size → INVAL, no property written.
+    @Test func d40_smallBuffer() {
+        var device = makeDevice()
+        let (status, reply) = probe(&device, msiEndpoint, writable: 100)
+        #expect(status == .invalid)
+        #expect(reply[0..<96].allSatisfy { $0 == 0 })
+    }
+
+    // §5.13.6.7.2 D41: unused bytes of properties are zero-filled.
+    @Test func d41_zeroFill() {
+        var device = makeDevice()
+        let (_, reply) = probe(&device, plainEndpoint)
+        #expect(reply[0..<512].allSatisfy { $0 == 0 })
+    }
+
+    // §5.13.6.8.1.2 D43, D44: at most one MSI region and no overlap, per endpoint.
+    @Test func d43_d44_regionRules() {
+        let msi2 = ReservedRegion(.msi, IOVARange(first: 0x1000, last: 0x1fff)!)
+        var config = testConfiguration()
+        config.endpoints[1] = [.x86MSIWindow, msi2]
+        #expect(throws: ConfigurationError.multipleMSIRegions(endpoint: 1)) { try Device(configuration: config) }
+        config.endpoints[1] = [.x86MSIWindow, ReservedRegion(.reserved, IOVARange(first: 0xfee0_1000, last: 0xfee0_1fff)!)]
+        #expect(throws: ConfigurationError.overlappingRegions(endpoint: 1)) { try Device(configuration: config) }
+    }
+
+    // §5.13.6.8.1.2 D45: a MAP that overlaps a RESV_MEM region of an attached endpoint → INVAL.
+    @Test func d45_mapOverReservedRegion() {
+        var device = makeDevice()
+        _ = device.attach(reservedEndpoint, to: 1)
+        _ = device.attach(msiEndpoint, to: 1)
+        #expect(device.map(1, reservedWindow.first, reservedWindow.first + 0xfff) == .invalid)
+        #expect(device.map(1, 0xfee0_0000, 0xfee0_0fff) == .invalid)
+        #expect(device.map(1, 0x1000, 0x1fff) == .ok)
+    }
+}
+
+@Suite struct FaultRules {
+    func faulting() -> Device {
+        var device = makeDevice(testConfiguration(bypass: false))
+        _ = device.attach(plainEndpoint, to: 1)
+        _ = device.map(1, 0x1000, 0x1fff, flags: .read)
+        return device
+    }
+
+    func deliver(_ device: inout Device, bufferSize: Int = 24) -> (Int?, [UInt8]) {
+        var buffer = [UInt8](repeating: 0xAA, count: bufferSize)
+        let used = buffer.withUnsafeMutableBytes { b in
+            [b].withUnsafeBufferPointer { device.deliverFault(into: $0) }
+        }
+        return (used, buffer)
+    }
+
+    // §5.13.6.9.2 D47, D48, D49: reserved fields zero, only defined flags, a valid endpoint ID.
+    @Test func d47_d48_d49_faultRecord() {
+        var device = faulting()
+        _ = try? device.translate(endpoint: plainEndpoint, iova: 0x5000, length: 1, access: .write)
+        let (used, bytes) = deliver(&device)
+        #expect(used == 24)
+        #expect(bytes[0] == Fault.Reason.mapping.rawValue)
+        #expect(bytes[1..<4].allSatisfy { $0 == 0 })
+        #expect(bytes.le(UInt32.self, at: 4) == Fault.Flags([.write, .address]).rawValue)
+        #expect(bytes.le(UInt32.self, at: 8) == plainEndpoint)
+        #expect(bytes.le(UInt32.self, at: 12) == 0)
+        #expect(bytes.le(UInt64.self, at: 16) == 0x5000)
+        // An unknown endpoint is never reported (no valid ID to name).
+        #expect(throws: TranslationError.unknownEndpoint(999)) {
+            try device.translate(endpoint: 999, iova: 0, length: 1, access: .read)
+        }
+        #expect(device.pendingFaultCount == 0)
+    }
+
+    // §5.13.6.9.2 D50: the model always sets F_ADDRESS and the address (the MAY is not used).
+    @Test func d50_addressAlwaysReported() {
+        var device = faulting()
+        _ = try? device.translate(endpoint: plainEndpoint, iova: 0x1ff0, length: 0x20, access: .read)
+        let fault = device.popFault()
+        #expect(fault?.flags.contains(.address) == true)
+        #expect(fault?.address == 0x2000)  // the first byte that is not mapped
+    }
+
+    // §5.13.6.9.2 D51: a report is never split; a buffer too small to hold one completes with 0.
+    @Test func d51_noSplitReports() {
+        var device = faulting()
+        _ = try? device.translate(endpoint: plainEndpoint, iova: 0x9000, length: 1, access: .read)
+        let (used, bytes) = deliver(&device, bufferSize: 16)
+        #expect(used == 0 && bytes.allSatisfy { $0 == 0xAA })
+        #expect(device.pendingFaultCount == 1)
+        #expect(deliver(&device).0 == 24)
+        #expect(deliver(&device).0 == nil)  // nothing pending: the buffer stays posted
+    }
+
+    // Faults wait in a bounded queue; on overflow the oldest is dropped and counted.
+    @Test func boundedFaultQueue() {
+        var device = makeDevice(testConfiguration(limits: Limits(maxPendingFaults: 2), bypass: false))
+        for address in [0x1000, 0x2000, 0x3000] as [UInt64] {
+            _ = try? device.translate(endpoint: plainEndpoint, iova: address, length: 1, access: .read)
+        }
+        #expect(device.pendingFaultCount == 2)
+        #expect(device.droppedFaultCount == 1)
+        #expect(device.popFault()?.address == 0x2000)
+        #expect(device.counters.faultsRaised == 3)
+    }
+}
