@@ -458,20 +458,48 @@ import Testing
         #expect(probe(&unnegotiated, plainEndpoint).0 == nil)
     }
 
-    // §5.13.6.7.2 D37, D38, D39, §5.13.6.8.1.2 D42: reserved bits 0, length excludes the header,
-    // the next property starts length+4 later.
-    @Test func d37_d38_d39_d42_propertyEncoding() {
+    func msiProbeReply() -> [UInt8] {
         var device = makeDevice()
         let (status, reply) = probe(&device, msiEndpoint)
         #expect(status == .ok)
-        #expect(reply.le(UInt16.self, at: 0) == 1)        // type RESV_MEM, reserved bits 0
-        #expect(reply.le(UInt16.self, at: 2) == 20)       // length without the header
-        #expect(reply[4] == 1)                            // subtype MSI
+        return reply
+    }
+
+    // §5.13.6.7.2 D37: property reserved bits are 0.
+    @Test func d37_propertyReservedBitsZero() {
+        let reply = msiProbeReply()
+        #expect(reply.le(UInt16.self, at: 0) & ~ProbePropertyType.mask == 0)
+        #expect(reply.le(UInt16.self, at: 0) == ProbePropertyType.resvMem.rawValue)
+    }
+
+    // §5.13.6.7.2 D38: length is the property size without the 4-byte header.
+    @Test func d38_lengthExcludesHeader() {
+        #expect(msiProbeReply().le(UInt16.self, at: 2) == 20)
+    }
+
+    // §5.13.6.7.2 D39: the next property starts exactly length+4 after the previous one.
+    @Test func d39_propertiesBackToBack() {
+        var config = testConfiguration()
+        let low = ReservedRegion(.reserved, IOVARange(first: 0, last: 0xfff)!)
+        config.endpoints[1] = [low, .x86MSIWindow]
+        var device = makeDevice(config)
+        let (status, reply) = probe(&device, 1)
+        #expect(status == .ok)
+        let second = 4 + Int(reply.le(UInt16.self, at: 2))
+        #expect(second == 24)
+        #expect(reply.le(UInt16.self, at: second) == ProbePropertyType.resvMem.rawValue)
+        #expect(reply[second + 4] == ReservedRegion.Kind.msi.rawValue)
+        #expect(ResvMemProperty.parse(Array(reply[0..<512])) == [low, .x86MSIWindow])
+    }
+
+    // §5.13.6.8.1.2 D42: RESV_MEM reserved bytes are 0; subtype, start and end as configured.
+    @Test func d42_resvMemReservedZero() {
+        let reply = msiProbeReply()
+        #expect(reply[4] == ReservedRegion.Kind.msi.rawValue)
         #expect(reply[5] == 0 && reply[6] == 0 && reply[7] == 0)
         #expect(reply.le(UInt64.self, at: 8) == 0xfee0_0000)
         #expect(reply.le(UInt64.self, at: 16) == 0xfeef_ffff)
-        #expect(reply.le(UInt16.self, at: 24) == 0)       // next property at 20+4: NONE
-        #expect(ResvMemProperty.parse(Array(reply[0..<512])) == [.x86MSIWindow])
+        #expect(reply.le(UInt16.self, at: 24) == ProbePropertyType.none.rawValue)
     }
 
     // §5.13.6.7.2 D40: properties space smaller than probe_size → INVAL, no property written.
@@ -489,12 +517,16 @@ import Testing
         #expect(reply[0..<512].allSatisfy { $0 == 0 })
     }
 
-    // §5.13.6.8.1.2 D43, D44: at most one MSI region and no overlap, per endpoint.
-    @Test func d43_d44_regionRules() {
-        let msi2 = ReservedRegion(.msi, IOVARange(first: 0x1000, last: 0x1fff)!)
+    // §5.13.6.8.1.2 D43: at most one MSI property per endpoint.
+    @Test func d43_oneMSIRegion() {
         var config = testConfiguration()
-        config.endpoints[1] = [.x86MSIWindow, msi2]
+        config.endpoints[1] = [.x86MSIWindow, ReservedRegion(.msi, IOVARange(first: 0x1000, last: 0x1fff)!)]
         #expect(throws: ConfigurationError.multipleMSIRegions(endpoint: 1)) { try Device(configuration: config) }
+    }
+
+    // §5.13.6.8.1.2 D44: no overlapping RESV_MEM properties for one endpoint.
+    @Test func d44_noOverlappingRegions() {
+        var config = testConfiguration()
         config.endpoints[1] = [.x86MSIWindow, ReservedRegion(.reserved, IOVARange(first: 0xfee0_1000, last: 0xfee0_1fff)!)]
         #expect(throws: ConfigurationError.overlappingRegions(endpoint: 1)) { try Device(configuration: config) }
     }
@@ -526,19 +558,32 @@ import Testing
         return (used, buffer)
     }
 
-    // §5.13.6.9.2 D47, D48, D49: reserved fields zero, only defined flags, a valid endpoint ID.
-    @Test func d47_d48_d49_faultRecord() {
+    func deliveredRecord() -> [UInt8] {
         var device = faulting()
         _ = try? device.translate(endpoint: plainEndpoint, iova: 0x5000, length: 1, access: .write)
         let (used, bytes) = deliver(&device)
         #expect(used == 24)
         #expect(bytes[0] == Fault.Reason.mapping.rawValue)
-        #expect(bytes[1..<4].allSatisfy { $0 == 0 })
-        #expect(bytes.le(UInt32.self, at: 4) == Fault.Flags([.write, .address]).rawValue)
-        #expect(bytes.le(UInt32.self, at: 8) == plainEndpoint)
-        #expect(bytes.le(UInt32.self, at: 12) == 0)
         #expect(bytes.le(UInt64.self, at: 16) == 0x5000)
-        // An unknown endpoint is never reported (no valid ID to name).
+        return bytes
+    }
+
+    // §5.13.6.9.2 D47: reserved and reserved1 are 0.
+    @Test func d47_reservedZero() {
+        let bytes = deliveredRecord()
+        #expect(bytes[1..<4].allSatisfy { $0 == 0 })
+        #expect(bytes.le(UInt32.self, at: 12) == 0)
+    }
+
+    // §5.13.6.9.2 D48: undefined flags are 0.
+    @Test func d48_onlyDefinedFlags() {
+        #expect(deliveredRecord().le(UInt32.self, at: 4) == Fault.Flags([.write, .address]).rawValue)
+    }
+
+    // §5.13.6.9.2 D49: the endpoint ID is valid; unknown endpoints are never reported.
+    @Test func d49_validEndpoint() {
+        #expect(deliveredRecord().le(UInt32.self, at: 8) == plainEndpoint)
+        var device = faulting()
         #expect(throws: TranslationError.unknownEndpoint(999)) {
             try device.translate(endpoint: 999, iova: 0, length: 1, access: .read)
         }
