@@ -173,23 +173,18 @@ public struct MappingTable: Sendable {
     }
 
     /// Number of entries in `leaf` whose start is ≤ `key`.
-    @inlinable func upperBound(leaf: Int32, _ key: UInt64) -> Int {
-        let base = Int(leaf) * Self.leafCapacity
-        var low = 0, high = Int(leafCounts[Int(leaf)])
-        while low < high {
-            let middle = (low + high) / 2
-            if entries[base + middle].virtualStart <= key { low = middle + 1 } else { high = middle }
-        }
-        return low
-    }
+    @inlinable func upperBound(leaf: Int32, _ key: UInt64) -> Int { bound(leaf: leaf, key, including: true) }
 
     /// Number of entries in `leaf` whose start is < `key`.
-    @inlinable func lowerBound(leaf: Int32, _ key: UInt64) -> Int {
+    @inlinable func lowerBound(leaf: Int32, _ key: UInt64) -> Int { bound(leaf: leaf, key, including: false) }
+
+    @inlinable func bound(leaf: Int32, _ key: UInt64, including: Bool) -> Int {
         let base = Int(leaf) * Self.leafCapacity
         var low = 0, high = Int(leafCounts[Int(leaf)])
         while low < high {
             let middle = (low + high) / 2
-            if entries[base + middle].virtualStart < key { low = middle + 1 } else { high = middle }
+            let start = entries[base + middle].virtualStart
+            if start < key || (including && start == key) { low = middle + 1 } else { high = middle }
         }
         return low
     }
