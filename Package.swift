@@ -5,9 +5,12 @@ let package = Package(
     name: "vhost-iommu",
     products: [
         .library(name: "VirtioIOMMU", targets: ["VirtioIOMMU"]),
+        .library(name: "VhostUser", targets: ["VhostUser"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // Device model: wire format, domains, mappings, translation. No system calls.
@@ -15,6 +18,23 @@ let package = Package(
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
         .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU"]),
+        // Thin C helpers for epoll, eventfd, memfd, CMSG and ring-index atomics.
+        .target(name: "CVhostUser"),
+        // Device-agnostic vhost-user back-end engine.
+        .target(name: "VhostUser", dependencies: [
+            "CVhostUser",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // A vhost-user front-end for tests and benchmarks: real socket, memfd memory, split rings, eventfds.
+        .target(name: "VhostUserTestSupport", dependencies: [
+            "VhostUser", "CVhostUser",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .testTarget(name: "VhostUserTests", dependencies: [
+            "VhostUser", "VhostUserTestSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

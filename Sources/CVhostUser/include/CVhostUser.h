@@ -1,0 +1,57 @@
+// Thin C helpers for what Swift's Glibc module does not expose: epoll, eventfd, memfd, the CMSG macros,
+// and atomic access to ring indices that live in memory shared with the guest.
+#ifndef C_VHOST_USER_H
+#define C_VHOST_USER_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/uio.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+static inline struct cmsghdr *cvu_cmsg_firsthdr(struct msghdr *m) { return CMSG_FIRSTHDR(m); }
+static inline struct cmsghdr *cvu_cmsg_nxthdr(struct msghdr *m, struct cmsghdr *c) { return CMSG_NXTHDR(m, c); }
+static inline unsigned char *cvu_cmsg_data(struct cmsghdr *c) { return CMSG_DATA(c); }
+static inline size_t cvu_cmsg_space(size_t n) { return CMSG_SPACE(n); }
+static inline size_t cvu_cmsg_len(size_t n) { return CMSG_LEN(n); }
+
+// Ring indices: the driver publishes avail.idx with release semantics, so we read it with acquire;
+// we publish used.idx with release so that the used elements written before it are visible first.
+static inline uint16_t cvu_load_acquire_u16(const void *p) {
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE);
+}
+static inline void cvu_store_release_u16(void *p, uint16_t v) {
+    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE);
+}
+static inline uint16_t cvu_load_relaxed_u16(const void *p) {
+    return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED);
+}
+static inline void cvu_store_relaxed_u16(void *p, uint16_t v) {
+    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED);
+}
+// The full barrier virtio needs between publishing an index and reading the other side's
+// notification-suppression field (and vice versa).
+static inline void cvu_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+// Declared here rather than through _GNU_SOURCE, which would change struct layouts seen by Glibc.
+extern int memfd_create(const char *name, unsigned int flags);
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 1U
+#endif
+
+static const uint32_t cvu_epollin = EPOLLIN;
+static const uint32_t cvu_epollout = EPOLLOUT;
+static const uint32_t cvu_epollhup = EPOLLHUP;
+static const uint32_t cvu_epollerr = EPOLLERR;
+
+extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+static inline int cvu_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
+static inline int cvu_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+
+#endif

@@ -1,0 +1,323 @@
+import CVhostUser
+import Glibc
+import Logging
+import Synchronization
+import SystemPackage
+
+/// The vhost-user back-end engine: validates every front-end message before dispatch, owns guest
+/// memory and the rings, and hands chains to a `VhostUserDevice`. One thread runs it.
+public final class VhostUserBackend {
+    public enum Outcome: Sendable, Equatable {
+        case disconnected
+        case stopped
+    }
+
+    /// Engine counters, readable after (or between) runs.
+    public struct Statistics: Sendable, Hashable {
+        public var messages = 0
+        public var refusedMessages = 0
+        public var badChains = 0
+        public var ringErrors = 0
+        public var guestResetsDetected = 0
+    }
+
+    public let device: any VhostUserDevice
+    public var logger: Logger
+    public internal(set) var statistics = Statistics()
+
+    let loop: EventLoop
+    var memory = GuestMemory()
+    let queues: [Virtqueue]
+    let offeredFeatures: UInt64
+    var ackedFeatures: UInt64 = 0
+    var protocolFeatures: ProtocolFeatures = []
+    var status: UInt8 = 0
+    var backendChannel: OwnedFileDescriptor?
+    private let stopFlag = Atomic<Bool>(false)
+
+    // The connection being served.
+    var connection: FileDescriptor?
+    var decoder = MessageDecoder()
+    var output: [UInt8] = []
+    var outputOffset = 0
+    var disconnectRequested = false
+
+    static let connectionToken: UInt64 = 2
+    static let listenerToken: UInt64 = 3
+    static let kickTokenBase: UInt64 = 100
+    /// Chains handled per queue per wake-up before other descriptors get a turn.
+    static let chainBudget = 4096
+    /// Replies the front-end has not read yet; beyond this it is considered stuck and dropped.
+    static let maxPendingOutput = 64 * 1024
+
+    public init(device: any VhostUserDevice, logger: Logger = Logger(label: "vhost-user")) throws(Errno) {
+        precondition(device.queueCount > 0 && device.queueCount <= 256, "a device has 1 to 256 queues")
+        self.device = device
+        self.logger = logger
+        self.loop = try EventLoop()
+        self.queues = (0..<device.queueCount).map { Virtqueue(index: $0) }
+        self.offeredFeatures = (device.deviceFeatures & ~TransportFeatures.reservedMask) | TransportFeatures.all
+    }
+
+    /// Wakes the loop from any thread (for example after the device queued an event).
+    public var waker: Waker { loop.waker }
+
+    /// Asks the loop to return `.stopped` soon; safe from any thread or a signal-handling thread.
+    public func requestStop() {
+        stopFlag.store(true, ordering: .releasing)
+        loop.waker.wake()
+    }
+
+    public var isStopRequested: Bool { stopFlag.load(ordering: .acquiring) }
+
+    /// The device status as GET_STATUS reports it (with DEVICE_NEEDS_RESET after a ring error).
+    public var deviceStatus: UInt8 {
+        status | (queues.contains { $0.isBroken } ? DeviceStatus.needsReset : 0)
+    }
+
+    // MARK: Serving
+
+    /// Waits for a front-end on `listener`; nil when a stop was requested first.
+    public func accept(_ listener: borrowing Listener) throws(Errno) -> FileDescriptor? {
+        try loop.add(listener.socket.descriptor, token: Self.listenerToken)
+        defer { loop.remove(listener.socket.descriptor) }
+        while !isStopRequested {
+            var ready = false
+            try loop.wait(timeout: -1) { token, _ in if token == Self.listenerToken { ready = true } }
+            SystemCall.drain(loop.wakeDescriptor.descriptor)
+            if ready, !isStopRequested {
+                do { return try SystemCall.accept(listener.socket.descriptor) } catch .wouldBlock { continue }
+            }
+        }
+        return nil
+    }
+
+    /// Serves one connected front-end until it disconnects or a stop is requested.
+    /// The descriptor is closed on return, and the device is reset (a disconnect resets it).
+    public func serve(connection fd: FileDescriptor) throws(Errno) -> Outcome {
+        let owned = OwnedFileDescriptor(fd)
+        try SystemCall.setNonBlocking(fd)
+        try loop.add(fd, token: Self.connectionToken)
+        connection = fd
+        disconnectRequested = false
+        defer {
+            loop.remove(fd)
+            connection = nil
+            disconnectCleanup()
+            _ = owned
+        }
+        var ready: [(UInt64, UInt32)] = []
+        ready.reserveCapacity(64)
+        while true {
+            if isStopRequested { return .stopped }
+            ready.removeAll(keepingCapacity: true)
+            try loop.wait(timeout: -1) { ready.append(($0, $1)) }
+            for (token, events) in ready {
+                switch token {
+                case EventLoop.wakeToken:
+                    SystemCall.drain(loop.wakeDescriptor.descriptor)
+                case Self.connectionToken:
+                    if events & cvu_epollout != 0 { flushOutput() }
+                    if events & (cvu_epollin | cvu_epollhup | cvu_epollerr) != 0 { readMessages() }
+                default:
+                    if token >= Self.kickTokenBase, Int(token - Self.kickTokenBase) < queues.count {
+                        kicked(queues[Int(token - Self.kickTokenBase)])
+                    }
+                }
+                if disconnectRequested { return .disconnected }
+            }
+            serviceOnDemandQueues()
+        }
+    }
+
+    private func disconnectCleanup() {
+        decoder.discard()
+        output = []
+        outputOffset = 0
+        resetDeviceState()
+        memory.removeAll()
+        ackedFeatures = 0
+        protocolFeatures = []
+        backendChannel = nil
+        logger.info("front-end disconnected; device reset")
+    }
+
+    /// Device reset: the device's own state and every ring back to initial; memory stays mapped.
+    func resetDeviceState() {
+        for queue in queues {
+            if let kick = queue.kick?.descriptor { loop.remove(kick) }
+            queue.reset()
+        }
+        status = 0
+        device.reset()
+    }
+
+    // MARK: Socket I/O
+
+    private func readMessages() {
+        guard let fd = connection else { return }
+        withUnsafeTemporaryAllocation(byteCount: MessageDecoder.maxPayloadSize + MessageHeader.size, alignment: 8) { buffer in
+            // Stop reading while replies are pending: a front-end that does not read cannot make us queue without bound.
+            while !disconnectRequested && outputOffset >= output.count {
+                let want = decoder.bytesWanted
+                var fds: [CInt] = []
+                let n: Int
+                do {
+                    n = try SystemCall.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), fds: &fds)
+                } catch .wouldBlock {
+                    return
+                } catch {
+                    logger.error("socket receive failed: \(error)")
+                    disconnectRequested = true
+                    return
+                }
+                if n == 0 {
+                    for fd in fds { _ = Glibc.close(fd) }
+                    if decoder.isMidMessage { logger.warning("front-end disconnected in the middle of a message") }
+                    disconnectRequested = true
+                    return
+                }
+                do {
+                    try decoder.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), descriptors: fds) { message in
+                        handle(message)
+                    }
+                } catch {
+                    logger.error("protocol error, closing the connection: \(error)")
+                    disconnectRequested = true
+                }
+            }
+        }
+    }
+
+    func send(_ header: MessageHeader, _ payload: [UInt8]) {
+        output.append(contentsOf: header.bytes)
+        output.append(contentsOf: payload)
+        flushOutput()
+    }
+
+    private func flushOutput() {
+        guard let fd = connection else { return }
+        while outputOffset < output.count {
+            let sent: Int
+            do {
+                sent = try output.withUnsafeBytes { bytes throws(Errno) in
+                    try SystemCall.send(fd, UnsafeRawBufferPointer(rebasing: bytes[outputOffset...]))
+                }
+            } catch .wouldBlock {
+                if output.count - outputOffset > Self.maxPendingOutput {
+                    logger.error("front-end is not reading replies; closing the connection")
+                    disconnectRequested = true
+                } else {
+                    try? loop.modify(fd, token: Self.connectionToken, writable: true)
+                }
+                return
+            } catch {
+                logger.error("socket send failed: \(error)")
+                disconnectRequested = true
+                return
+            }
+            outputOffset += sent
+        }
+        output.removeAll(keepingCapacity: true)
+        outputOffset = 0
+        // epoll is level-triggered: messages left unread while replies were pending show up again.
+        try? loop.modify(fd, token: Self.connectionToken, writable: false)
+    }
+
+    // MARK: Queues
+
+    private func kicked(_ queue: Virtqueue) {
+        guard let kick = queue.kick?.descriptor else { return }
+        SystemCall.drain(kick)
+        if !queue.started { start(queue) }
+        process(queue)
+    }
+
+    func start(_ queue: Virtqueue) {
+        queue.started = true
+        guard !queue.isBroken else { return }
+        do {
+            try queue.resolve(in: memory)
+            queue.loadUsedIndex()
+        } catch {
+            ringFailed(queue, error)
+        }
+        logger.debug("queue \(queue.index) started", metadata: ["base": "\(queue.lastAvailIndex)"])
+    }
+
+    func ringFailed(_ queue: Virtqueue, _ error: RingError) {
+        queue.markBroken(error)
+        statistics.ringErrors += 1
+        logger.error("queue \(queue.index) stopped until reset: \(error)")
+    }
+
+    /// Handles what the driver made available on `queue`, then notifies the driver once if it wants it.
+    func process(_ queue: Virtqueue) {
+        guard queue.started, !queue.isBroken else { return }
+        if !queue.isResolved {
+            do { try queue.resolve(in: memory) } catch { ringFailed(queue, error); return }
+        }
+        let onDemand = device.mode(ofQueue: queue.index) == .onDemand
+        let previousUsed = queue.usedIndex
+        var handled = 0
+        do {
+            while true {
+                while handled < Self.chainBudget {
+                    if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { break }
+                    guard let (head, chainError) = try queue.popChain(memory: memory) else { break }
+                    handled += 1
+                    var length = 0
+                    if let chainError {
+                        queue.countBadChain()
+                        statistics.badChains += 1
+                        logger.warning("queue \(queue.index): bad chain at head \(head): \(chainError)")
+                    } else if queue.enabled {
+                        length = queue.readable.withUnsafeBufferPointer { r in
+                            queue.writable.withUnsafeBufferPointer { w in device.process(queue: queue.index, readable: r, writable: w) }
+                        }
+                    }
+                    queue.pushUsed(head: head, length: UInt32(clamping: length))
+                }
+                if handled >= Self.chainBudget {
+                    // Let the socket and other queues run; come back through our own kick.
+                    if let kick = queue.kick?.descriptor { SystemCall.signal(kick) }
+                    break
+                }
+                guard try queue.armKick() else { break }
+                if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { break }
+            }
+        } catch {
+            ringFailed(queue, error)
+            return
+        }
+        if queue.needsNotification(since: previousUsed) { queue.notify() }
+    }
+
+    private func serviceOnDemandQueues() {
+        for queue in queues where queue.started && queue.enabled && !queue.isBroken
+            && device.mode(ofQueue: queue.index) == .onDemand && device.hasPendingWork(queue: queue.index) {
+            process(queue)
+        }
+    }
+
+    /// Refreshes every ring's pointers after a memory-table change; a started ring that no longer
+    /// lies in guest memory stops with a ring error.
+    func memoryChanged() {
+        for queue in queues where !queue.isBroken {
+            if queue.started {
+                do { try queue.resolve(in: memory) } catch { ringFailed(queue, error) }
+            } else {
+                queue.unresolve()
+            }
+        }
+    }
+
+    // MARK: Back-end channel
+
+    /// Tells the front-end to re-read the config space (BACKEND_CONFIG_CHANGE_MSG).
+    public func notifyConfigChange() {
+        guard let channel = backendChannel?.descriptor else { return }
+        let header = MessageHeader(request: BackendRequest.configChange.rawValue, flags: MessageHeader.version, size: 0)
+        _ = header.bytes.withUnsafeBytes { try? SystemCall.send(channel, $0) }
+    }
+}

@@ -1,0 +1,137 @@
+import Glibc
+import SystemPackage
+
+/// One region of guest memory, mapped from the descriptor the front-end passed.
+/// Unmapped when the last reference goes, so a region removed while a ring still points into it
+/// stays valid until the ring's pointers are refreshed.
+public final class MemoryRegion: @unchecked Sendable {
+    public let guestPhysicalAddress: UInt64
+    public let size: UInt64
+    public let userAddress: UInt64
+    public let mmapOffset: UInt64
+    /// Start of the region's bytes in our address space.
+    let base: UnsafeMutableRawPointer
+    private let mapping: UnsafeMutableRawPointer
+    private let mappingLength: Int
+
+    /// Maps `size` bytes of `fd` at `mmapOffset`. The descriptor is closed afterwards (the mapping keeps the memory).
+    init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64,
+         descriptor: consuming OwnedFileDescriptor) throws(MemoryError) {
+        guard size > 0, size <= UInt64(Int.max / 2),
+              !guestPhysicalAddress.addingReportingOverflow(size - 1).overflow,
+              !userAddress.addingReportingOverflow(size - 1).overflow,
+              mmapOffset <= UInt64(Int.max / 2) else { throw .invalidRegion }
+        let page = UInt64(SystemCall.pageSize())
+        let alignedOffset = mmapOffset & ~(page - 1)
+        let slack = Int(mmapOffset - alignedOffset)
+        let length = Int(size) + slack
+        do {
+            mapping = try SystemCall.mapShared(descriptor.descriptor, length: length, offset: Int(alignedOffset))
+        } catch {
+            throw .mapFailed(error)
+        }
+        mappingLength = length
+        base = mapping + slack
+        self.guestPhysicalAddress = guestPhysicalAddress
+        self.size = size
+        self.userAddress = userAddress
+        self.mmapOffset = mmapOffset
+    }
+
+    deinit { munmap(mapping, mappingLength) }
+
+    /// The bytes of `[address, address+length)` in this region's `space`, or nil if not wholly inside.
+    @inline(__always)
+    func pointer(_ address: UInt64, _ length: UInt64, start: UInt64) -> UnsafeMutableRawPointer? {
+        guard address >= start else { return nil }
+        let offset = address - start
+        guard offset < size, length <= size - offset else { return nil }
+        return base + Int(offset)
+    }
+
+    /// How many bytes from `address` (guest-physical) lie in this region; 0 if it is outside.
+    func bytesAvailable(guestPhysical address: UInt64) -> UInt64 {
+        guard address >= guestPhysicalAddress, address - guestPhysicalAddress < size else { return 0 }
+        return size - (address - guestPhysicalAddress)
+    }
+}
+
+public enum MemoryError: Error, Hashable {
+    case invalidRegion
+    case overlappingRegion
+    case tooManyRegions
+    case mapFailed(Errno)
+}
+
+/// The guest's memory table: guest-physical and front-end user addresses → our pointers.
+/// Every lookup checks bounds without overflow. Only the event-loop thread touches it.
+public struct GuestMemory: Sendable {
+    /// SET_MEM_TABLE carries at most 8 regions.
+    public static let maxTableRegions = 8
+    /// Answer to GET_MAX_MEM_SLOTS, and the cap on ADD_MEM_REG.
+    public static let maxSlots = 32
+
+    public private(set) var regions: [MemoryRegion] = []
+
+    public init() {}
+
+    public var isEmpty: Bool { regions.isEmpty }
+
+    mutating func add(_ region: MemoryRegion) throws(MemoryError) {
+        guard regions.count < Self.maxSlots else { throw .tooManyRegions }
+        let last = region.guestPhysicalAddress + (region.size - 1)
+        for existing in regions {
+            let existingLast = existing.guestPhysicalAddress + (existing.size - 1)
+            if region.guestPhysicalAddress <= existingLast && existing.guestPhysicalAddress <= last {
+                throw .overlappingRegion
+            }
+        }
+        regions.append(region)
+        regions.sort { $0.guestPhysicalAddress < $1.guestPhysicalAddress }
+    }
+
+    /// Removes the region with these addresses and size; false if there is none.
+    mutating func remove(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64) -> Bool {
+        guard let index = regions.firstIndex(where: {
+            $0.guestPhysicalAddress == guestPhysicalAddress && $0.size == size && $0.userAddress == userAddress
+        }) else { return false }
+        regions.remove(at: index)
+        return true
+    }
+
+    mutating func removeAll() { regions.removeAll() }
+
+    /// `length` bytes at a guest-physical address, if they lie within one region.
+    @inline(__always)
+    public func guestPhysical(_ address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for region in regions {
+            if let p = region.pointer(address, length, start: region.guestPhysicalAddress) { return p }
+        }
+        return nil
+    }
+
+    /// `length` bytes at a front-end user address (vring addresses are these), if within one region.
+    public func userAddress(_ address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for region in regions {
+            if let p = region.pointer(address, length, start: region.userAddress) { return p }
+        }
+        return nil
+    }
+
+    /// Calls `body` for each piece of `[address, address+length)` as it falls into regions.
+    /// Returns false (having called `body` for a prefix only) when some byte is outside guest memory.
+    func forEachPiece(_ address: UInt64, length: UInt64, _ body: (UnsafeMutableRawBufferPointer) -> Void) -> Bool {
+        var address = address
+        var remaining = length
+        while remaining > 0 {
+            guard let region = regions.first(where: { $0.bytesAvailable(guestPhysical: address) > 0 }) else { return false }
+            let n = min(remaining, region.bytesAvailable(guestPhysical: address))
+            let p = region.base + Int(address - region.guestPhysicalAddress)
+            body(UnsafeMutableRawBufferPointer(start: p, count: Int(n)))
+            remaining -= n
+            guard remaining == 0 || !address.addingReportingOverflow(n).overflow else { return false }
+            address &+= n
+        }
+        return true
+    }
+}

@@ -1,0 +1,59 @@
+import Glibc
+import SystemPackage
+
+public enum ListenError: Error, Hashable, CustomStringConvertible {
+    case pathInUse(String)
+    case notASocket(String)
+    case system(String, Errno)
+
+    public var description: String {
+        switch self {
+        case .pathInUse(let path): "\(path): another back-end is listening there"
+        case .notASocket(let path): "\(path): exists and is not a socket"
+        case .system(let what, let errno): "\(what): \(errno)"
+        }
+    }
+}
+
+/// A listening UNIX socket, created with mode 0600. A stale socket file (nobody listening) is
+/// replaced; a live one or a non-socket file is left alone and reported.
+public struct Listener: ~Copyable {
+    let socket: OwnedFileDescriptor
+    public let path: String
+
+    public init(path: String) throws(ListenError) {
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path) }
+            if Self.isLive(path) { throw .pathInUse(path) }
+            if unlink(path) != 0 { throw .system("unlink \(path)", Errno(rawValue: errno)) }
+        }
+        let fd: FileDescriptor
+        do { fd = try SystemCall.socket(AF_UNIX, CInt(SOCK_STREAM.rawValue)) } catch { throw .system("socket", error) }
+        let owned = OwnedFileDescriptor(fd)
+        // umask decides the mode bind gives the file: 0600 from the start, with no window.
+        let oldMask = umask(0o177)
+        defer { umask(oldMask) }
+        do {
+            try SystemCall.bind(fd, path: path)
+            try SystemCall.listen(fd, backlog: 1)
+        } catch {
+            throw .system("bind/listen \(path)", error)
+        }
+        socket = owned
+        self.path = path
+    }
+
+    private static func isLive(_ path: String) -> Bool {
+        guard let probe = try? SystemCall.socket(AF_UNIX, CInt(SOCK_STREAM.rawValue)) else { return false }
+        defer { _ = Glibc.close(probe.rawValue) }
+        do {
+            try SystemCall.connect(probe, path: path)
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    deinit { unlink(path) }
+}

@@ -1,0 +1,36 @@
+/// The device-readable and device-writable parts of one chain, as views into guest memory that are
+/// valid for the duration of the call.
+public typealias ChainReadable = UnsafeBufferPointer<UnsafeRawBufferPointer>
+public typealias ChainWritable = UnsafeBufferPointer<UnsafeMutableRawBufferPointer>
+
+/// How a queue's chains reach the device.
+public enum QueueMode: Sendable {
+    /// Every chain a kick makes available is handed to `process` (request queues).
+    case onKick
+    /// Chains are taken only while the device `hasPendingWork` (event queues): buffers the driver posts
+    /// wait in the ring until there is something to write, and are never held by the engine.
+    case onDemand
+}
+
+/// What a device implements to be served by the engine. All calls come from the event-loop thread.
+public protocol VhostUserDevice: AnyObject {
+    /// The device's own virtio feature bits; the engine adds the transport bits it implements.
+    var deviceFeatures: UInt64 { get }
+    var queueCount: Int { get }
+    /// The largest queue size the device accepts (a power of two ≤ 32768).
+    var maxQueueSize: Int { get }
+    /// The config space as the driver reads it.
+    func readConfig() -> [UInt8]
+    /// Applies a config write. With `migration`, read-only bytes may differ and are not applied.
+    /// Returns false to refuse the write.
+    func writeConfig(offset: Int, bytes: [UInt8], migration: Bool) -> Bool
+    /// The device bits of the features the front-end acknowledged.
+    func setNegotiatedFeatures(_ features: UInt64)
+    func mode(ofQueue queue: Int) -> QueueMode
+    /// For `.onDemand` queues: whether the device has something to write now.
+    func hasPendingWork(queue: Int) -> Bool
+    /// Handles one chain; returns the number of bytes written to the writable part (the used length).
+    func process(queue: Int, readable: ChainReadable, writable: ChainWritable) -> Int
+    /// Returns the device to its initial state (guest reset, RESET_DEVICE or front-end disconnect).
+    func reset()
+}

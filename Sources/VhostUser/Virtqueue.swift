@@ -1,0 +1,235 @@
+import CVhostUser
+import SystemPackage
+
+/// Why a descriptor chain was refused. The chain is completed with used length 0 and the queue goes on.
+public enum ChainError: Error, Hashable, Sendable {
+    case indexOutOfRange
+    case loop
+    case nestedIndirect
+    case indirectNotNegotiated
+    case indirectWithNext
+    case badIndirectTable
+    case outsideGuestMemory
+    case zeroLengthWritable
+    case readableAfterWritable
+    case tooLarge
+}
+
+/// Why a queue stopped for good (until the next reset): the ring itself cannot be trusted.
+public enum RingError: Error, Hashable, Sendable {
+    case ringOutsideGuestMemory
+    case misalignedRing
+    case availIndexJumped(by: UInt16)
+    case headOutOfRange(UInt16)
+}
+
+/// A split virtqueue seen from the device side (virtio 1.x §2.7).
+///
+/// Ring memory is shared with the guest: every index and descriptor is read once, validated, and
+/// never trusted across reads. `avail.idx` is read with acquire; `used.idx` is published with release.
+final class Virtqueue {
+    static let maxSize = 32_768
+    static let descriptorSize = 16
+    private static let flagNext: UInt16 = 1
+    private static let flagWrite: UInt16 = 2
+    private static let flagIndirect: UInt16 = 4
+    private static let availNoInterrupt: UInt16 = 1
+
+    let index: Int
+    var size = 0
+    var descriptorAddress: UInt64 = 0
+    var availAddress: UInt64 = 0
+    var usedAddress: UInt64 = 0
+    var addressesSet = false
+
+    /// Next avail index to consume; SET/GET_VRING_BASE.
+    var lastAvailIndex: UInt16 = 0
+    /// Our copy of used.idx.
+    private(set) var usedIndex: UInt16 = 0
+    /// The base GET_VRING_BASE last returned, to tell a guest reset from a pause at the next start.
+    var lastStoppedBase: UInt16?
+
+    var started = false
+    var enabled = false
+    private(set) var ringError: RingError?
+
+    var kick: OwnedFileDescriptor?
+    var call: OwnedFileDescriptor?
+    var error: OwnedFileDescriptor?
+
+    var eventIndex = false
+    var indirectDescriptors = false
+
+    // Resolved ring pointers; nil until the ring starts with valid addresses.
+    private var descriptors: UnsafeMutableRawPointer?
+    private var avail: UnsafeMutableRawPointer?
+    private var used: UnsafeMutableRawPointer?
+
+    // Reused chain views, so that popping a chain does not allocate.
+    private(set) var readable: [UnsafeRawBufferPointer] = []
+    private(set) var writable: [UnsafeMutableRawBufferPointer] = []
+
+    private(set) var chainsCompleted = 0
+    private(set) var badChains = 0
+
+    init(index: Int) { self.index = index }
+
+    var isBroken: Bool { ringError != nil }
+    var isResolved: Bool { descriptors != nil }
+
+    /// Back to the state after reset: stopped, disabled, no addresses, no descriptors.
+    func reset() {
+        size = 0
+        addressesSet = false
+        lastAvailIndex = 0
+        usedIndex = 0
+        lastStoppedBase = nil
+        started = false
+        enabled = false
+        ringError = nil
+        kick = nil
+        call = nil
+        error = nil
+        unresolve()
+    }
+
+    func unresolve() {
+        descriptors = nil
+        avail = nil
+        used = nil
+    }
+
+    func markBroken(_ error: RingError) {
+        ringError = error
+        unresolve()
+        if let fd = self.error?.descriptor { SystemCall.signal(fd) }
+    }
+
+    /// Resolves the ring addresses through the memory table (again after any table change).
+    func resolve(in memory: GuestMemory) throws(RingError) {
+        unresolve()
+        guard size > 0, addressesSet else { return }
+        guard descriptorAddress % 16 == 0, availAddress % 2 == 0, usedAddress % 4 == 0 else { throw .misalignedRing }
+        let n = UInt64(size)
+        guard let d = memory.userAddress(descriptorAddress, length: 16 * n),
+              let a = memory.userAddress(availAddress, length: 6 + 2 * n),
+              let u = memory.userAddress(usedAddress, length: 6 + 8 * n) else { throw .ringOutsideGuestMemory }
+        descriptors = d
+        avail = a
+        used = u
+    }
+
+    /// Reads used.idx from the ring, where a (re)started ring continues.
+    func loadUsedIndex() {
+        guard let used else { return }
+        usedIndex = UInt16(littleEndian: cvu_load_relaxed_u16(used + 2))
+    }
+
+    /// Chains the driver has made available and we have not consumed.
+    func pendingCount() throws(RingError) -> Int {
+        guard let avail else { return 0 }
+        let availIndex = UInt16(littleEndian: cvu_load_acquire_u16(avail + 2))
+        let pending = availIndex &- lastAvailIndex
+        guard Int(pending) <= size else { throw .availIndexJumped(by: pending) }
+        return Int(pending)
+    }
+
+    /// Consumes the next available head and walks its chain into `readable`/`writable`.
+    /// Returns nil when none is available; throws a `RingError` when the ring is corrupt.
+    func popChain(memory: GuestMemory) throws(RingError) -> (head: UInt16, error: ChainError?)? {
+        guard try pendingCount() > 0, let avail else { return nil }
+        let slot = Int(lastAvailIndex) % size
+        let head = UInt16(littleEndian: (avail + 4 + 2 * slot).loadUnaligned(as: UInt16.self))
+        guard Int(head) < size else { throw .headOutOfRange(head) }
+        lastAvailIndex &+= 1
+        return (head, walk(head: head, memory: memory))
+    }
+
+    private func walk(head: UInt16, memory: GuestMemory) -> ChainError? {
+        readable.removeAll(keepingCapacity: true)
+        writable.removeAll(keepingCapacity: true)
+        guard var table = descriptors else { return .outsideGuestMemory }
+        var tableSize = size
+        var index = Int(head)
+        var inIndirect = false
+        var visited = 0
+        var total: UInt64 = 0
+        var seenWritable = false
+        while true {
+            visited += 1
+            guard visited <= tableSize else { return .loop }
+            guard index < tableSize else { return .indexOutOfRange }
+            let entry = table + index * Self.descriptorSize
+            let address = UInt64(littleEndian: entry.loadUnaligned(as: UInt64.self))
+            let length = UInt32(littleEndian: entry.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            let flags = UInt16(littleEndian: entry.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
+            let next = UInt16(littleEndian: entry.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+            if flags & Self.flagIndirect != 0 {
+                guard !inIndirect else { return .nestedIndirect }
+                guard indirectDescriptors else { return .indirectNotNegotiated }
+                guard flags & Self.flagNext == 0 else { return .indirectWithNext }
+                guard length > 0, length % UInt32(Self.descriptorSize) == 0,
+                      Int(length) / Self.descriptorSize <= Self.maxSize else { return .badIndirectTable }
+                guard let indirectTable = memory.guestPhysical(address, length: UInt64(length)) else { return .outsideGuestMemory }
+                table = indirectTable
+                tableSize = Int(length) / Self.descriptorSize
+                index = 0
+                visited = 0
+                inIndirect = true
+                continue
+            }
+            let isWrite = flags & Self.flagWrite != 0
+            if isWrite {
+                guard length > 0 else { return .zeroLengthWritable }
+                seenWritable = true
+            } else if seenWritable {
+                return .readableAfterWritable
+            }
+            total += UInt64(length)
+            guard total <= UInt64(UInt32.max) else { return .tooLarge }
+            let inside = memory.forEachPiece(address, length: UInt64(length)) { piece in
+                if isWrite { writable.append(piece) } else { readable.append(UnsafeRawBufferPointer(piece)) }
+            }
+            guard inside else { return .outsideGuestMemory }
+            guard flags & Self.flagNext != 0 else { return nil }
+            index = Int(next)
+        }
+    }
+
+    /// Publishes a used element; `length` is the bytes written to the writable part.
+    func pushUsed(head: UInt16, length: UInt32) {
+        guard let used else { return }
+        let element = used + 4 + 8 * (Int(usedIndex) % size)
+        element.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
+        element.storeBytes(of: length.littleEndian, toByteOffset: 4, as: UInt32.self)
+        usedIndex &+= 1
+        cvu_store_release_u16(used + 2, usedIndex.littleEndian)
+        chainsCompleted += 1
+    }
+
+    func countBadChain() { badChains += 1 }
+
+    /// Whether the driver wants an interrupt for the used entries since `previousUsedIndex`.
+    func needsNotification(since previousUsedIndex: UInt16) -> Bool {
+        guard let avail, usedIndex != previousUsedIndex else { return false }
+        cvu_full_fence()
+        if eventIndex {
+            let usedEvent = UInt16(littleEndian: cvu_load_relaxed_u16(avail + 4 + 2 * size))
+            // virtio 1.x §2.7.10: notify when used.idx passes used_event.
+            return usedIndex &- usedEvent &- 1 < usedIndex &- previousUsedIndex
+        }
+        return UInt16(littleEndian: cvu_load_relaxed_u16(avail)) & Self.availNoInterrupt == 0
+    }
+
+    /// With EVENT_IDX, asks for a kick at the next avail entry; returns true if more arrived meanwhile.
+    func armKick() throws(RingError) -> Bool {
+        guard eventIndex, let used else { return try pendingCount() > 0 }
+        cvu_store_relaxed_u16(used + 4 + 8 * size, lastAvailIndex.littleEndian)
+        cvu_full_fence()
+        return try pendingCount() > 0
+    }
+
+    func notify() {
+        if let fd = call?.descriptor { SystemCall.signal(fd) }
+    }
+}
