@@ -3,9 +3,9 @@ import Glibc
 import SystemPackage
 
 /// One thin wrapper per system call: retries EINTR, turns -1 into a typed `Errno`.
-enum SystemCall {
+public enum SystemCall {
     @inline(__always)
-    static func retrying<T: FixedWidthInteger>(_ body: () -> T) throws(Errno) -> T {
+    public static func retrying<T: FixedWidthInteger>(_ body: () -> T) throws(Errno) -> T {
         while true {
             let result = body()
             if result != -1 { return result }
@@ -14,18 +14,18 @@ enum SystemCall {
         }
     }
 
-    static func socket(_ domain: CInt, _ type: CInt) throws(Errno) -> FileDescriptor {
+    public static func socket(_ domain: CInt, _ type: CInt) throws(Errno) -> FileDescriptor {
         FileDescriptor(rawValue: try retrying { Glibc.socket(domain, type | CInt(SOCK_CLOEXEC.rawValue), 0) })
     }
 
-    static func socketPair() throws(Errno) -> (FileDescriptor, FileDescriptor) {
+    public static func socketPair() throws(Errno) -> (FileDescriptor, FileDescriptor) {
         var fds: [CInt] = [-1, -1]
         _ = try retrying { Glibc.socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0, &fds) }
         return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
     }
 
     /// Calls `body` with a `sockaddr_un` for `path`; throws ENAMETOOLONG when it does not fit.
-    static func withUnixAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) throws(Errno) -> R {
+    public static func withUnixAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) throws(Errno) -> R {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -40,25 +40,25 @@ enum SystemCall {
         }
     }
 
-    static func bind(_ fd: FileDescriptor, path: String) throws(Errno) {
+    public static func bind(_ fd: FileDescriptor, path: String) throws(Errno) {
         let result = try withUnixAddress(path) { Glibc.bind(fd.rawValue, $0, $1) }
         if result == -1 { throw Errno(rawValue: errno) }
     }
 
-    static func connect(_ fd: FileDescriptor, path: String) throws(Errno) {
+    public static func connect(_ fd: FileDescriptor, path: String) throws(Errno) {
         let result = try withUnixAddress(path) { Glibc.connect(fd.rawValue, $0, $1) }
         if result == -1 { throw Errno(rawValue: errno) }
     }
 
-    static func listen(_ fd: FileDescriptor, backlog: CInt) throws(Errno) {
+    public static func listen(_ fd: FileDescriptor, backlog: CInt) throws(Errno) {
         _ = try retrying { Glibc.listen(fd.rawValue, backlog) }
     }
 
-    static func accept(_ fd: FileDescriptor) throws(Errno) -> FileDescriptor {
+    public static func accept(_ fd: FileDescriptor) throws(Errno) -> FileDescriptor {
         FileDescriptor(rawValue: try retrying { cvu_accept_cloexec(fd.rawValue) })
     }
 
-    static func setNonBlocking(_ fd: FileDescriptor) throws(Errno) {
+    public static func setNonBlocking(_ fd: FileDescriptor) throws(Errno) {
         let flags = try retrying { fcntl(fd.rawValue, F_GETFL) }
         _ = try retrying { fcntl(fd.rawValue, F_SETFL, flags | O_NONBLOCK) }
     }
@@ -66,7 +66,7 @@ enum SystemCall {
     /// Receives into `buffer` and appends any SCM_RIGHTS descriptors to `fds`.
     /// Returns the byte count (0 at end of stream). Truncated control data is an error (EMSGSIZE),
     /// after the descriptors that did arrive are closed.
-    static func receive(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, fds: inout [CInt]) throws(Errno) -> Int {
+    public static func receive(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, fds: inout [CInt]) throws(Errno) -> Int {
         let maxFDs = 16
         let controlSize = cvu_cmsg_space(maxFDs * MemoryLayout<CInt>.size)
         return try withUnsafeTemporaryAllocation(byteCount: controlSize, alignment: MemoryLayout<cmsghdr>.alignment) { control throws(Errno) -> Int in
@@ -99,7 +99,7 @@ enum SystemCall {
     }
 
     /// Sends `bytes`, attaching `fds` as SCM_RIGHTS when there are any. Returns bytes sent.
-    static func send(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, fds: [CInt] = []) throws(Errno) -> Int {
+    public static func send(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, fds: [CInt] = []) throws(Errno) -> Int {
         let controlSize = fds.isEmpty ? 0 : cvu_cmsg_space(fds.count * MemoryLayout<CInt>.size)
         return try withUnsafeTemporaryAllocation(byteCount: max(controlSize, 1), alignment: MemoryLayout<cmsghdr>.alignment) { control throws(Errno) -> Int in
             var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
@@ -123,37 +123,37 @@ enum SystemCall {
         }
     }
 
-    static func eventFD(nonBlocking: Bool = true) throws(Errno) -> FileDescriptor {
+    public static func eventFD(nonBlocking: Bool = true) throws(Errno) -> FileDescriptor {
         let flags = CInt(EFD_CLOEXEC) | (nonBlocking ? CInt(EFD_NONBLOCK) : 0)
         return FileDescriptor(rawValue: try retrying { eventfd(0, flags) })
     }
 
     /// Adds 1 to an eventfd's counter; a full counter (EAGAIN) already means "signalled".
-    static func signal(_ fd: FileDescriptor) {
+    public static func signal(_ fd: FileDescriptor) {
         var one: UInt64 = 1
         _ = withUnsafeBytes(of: &one) { Glibc.write(fd.rawValue, $0.baseAddress, 8) }
     }
 
     /// Reads and clears an eventfd's counter; returns 0 when it was not signalled.
     @discardableResult
-    static func drain(_ fd: FileDescriptor) -> UInt64 {
+    public static func drain(_ fd: FileDescriptor) -> UInt64 {
         var value: UInt64 = 0
         let n = withUnsafeMutableBytes(of: &value) { Glibc.read(fd.rawValue, $0.baseAddress, 8) }
         return n == 8 ? value : 0
     }
 
-    static func epollCreate() throws(Errno) -> FileDescriptor {
+    public static func epollCreate() throws(Errno) -> FileDescriptor {
         FileDescriptor(rawValue: try retrying { epoll_create1(CInt(EPOLL_CLOEXEC)) })
     }
 
-    static func epollControl(_ epoll: FileDescriptor, _ operation: CInt, _ fd: FileDescriptor, events: UInt32, data: UInt64) throws(Errno) {
+    public static func epollControl(_ epoll: FileDescriptor, _ operation: CInt, _ fd: FileDescriptor, events: UInt32, data: UInt64) throws(Errno) {
         var event = epoll_event()
         event.events = events
         event.data.u64 = data
         _ = try retrying { epoll_ctl(epoll.rawValue, operation, fd.rawValue, &event) }
     }
 
-    static func epollWait(_ epoll: FileDescriptor, _ events: UnsafeMutableBufferPointer<epoll_event>, timeout: CInt) throws(Errno) -> Int {
+    public static func epollWait(_ epoll: FileDescriptor, _ events: UnsafeMutableBufferPointer<epoll_event>, timeout: CInt) throws(Errno) -> Int {
         let n = epoll_wait(epoll.rawValue, events.baseAddress, CInt(events.count), timeout)
         if n == -1 {
             let error = Errno(rawValue: errno)
@@ -163,13 +163,13 @@ enum SystemCall {
         return Int(n)
     }
 
-    static func mapShared(_ fd: FileDescriptor, length: Int, offset: Int) throws(Errno) -> UnsafeMutableRawPointer {
+    public static func mapShared(_ fd: FileDescriptor, length: Int, offset: Int) throws(Errno) -> UnsafeMutableRawPointer {
         let pointer = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd.rawValue, off_t(offset))
         guard let pointer, pointer != MAP_FAILED else { throw Errno(rawValue: errno) }
         return pointer
     }
 
-    static func memfd(name: String, size: Int) throws(Errno) -> FileDescriptor {
+    public static func memfd(name: String, size: Int) throws(Errno) -> FileDescriptor {
         let fd = FileDescriptor(rawValue: try retrying { cvu_memfd_create(name, CUnsignedInt(MFD_CLOEXEC)) })
         do {
             _ = try retrying { ftruncate(fd.rawValue, off_t(size)) }
@@ -180,5 +180,5 @@ enum SystemCall {
         return fd
     }
 
-    static func pageSize() -> Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
+    public static func pageSize() -> Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
 }

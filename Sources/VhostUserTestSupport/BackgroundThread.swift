@@ -1,0 +1,21 @@
+import Glibc
+
+/// Runs a closure on its own POSIX thread (the back-end's event loop in tests and benchmarks).
+public final class BackgroundThread: @unchecked Sendable {
+    private var thread: pthread_t
+    private final class Box { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
+
+    public init(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var t = pthread_t()
+        let result = pthread_create(&t, nil, { raw in
+            let box = Unmanaged<AnyObject>.fromOpaque(raw!).takeRetainedValue() as! Box
+            box.body()
+            return nil
+        }, box)
+        precondition(result == 0, "pthread_create failed")
+        thread = t
+    }
+
+    public func join() { pthread_join(thread, nil) }
+}

@@ -1,0 +1,192 @@
+import CVhostUser
+import Glibc
+import SystemPackage
+import VhostUser
+
+/// The driver side of a split virtqueue in shared memory, as the Linux virtio core drives it:
+/// descriptors from a free list, avail.idx published with release, used ring polled.
+public final class DriverQueue: @unchecked Sendable {
+    public struct Used: Hashable, Sendable {
+        public var head: UInt16
+        public var length: UInt32
+    }
+
+    public struct Descriptor: Sendable {
+        public var address: UInt64
+        public var length: UInt32
+        public var flags: UInt16
+        public var next: UInt16
+        public init(address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0) {
+            self.address = address; self.length = length; self.flags = flags; self.next = next
+        }
+    }
+
+    public static let flagNext: UInt16 = 1
+    public static let flagWrite: UInt16 = 2
+    public static let flagIndirect: UInt16 = 4
+
+    public let memory: SharedMemory
+    public let index: Int
+    public let size: Int
+    public let descriptorTable: UInt64
+    public let availRing: UInt64
+    public let usedRing: UInt64
+    public let kick: OwnedFileDescriptor
+    public let call: OwnedFileDescriptor
+    public let errorDescriptor: OwnedFileDescriptor
+
+    public private(set) var availIndex: UInt16 = 0
+    public private(set) var lastSeenUsed: UInt16 = 0
+    private var freeHeads: [UInt16]
+    /// The writable buffers of each outstanding chain, to read replies back.
+    private var writableBuffers: [UInt16: [(UInt64, Int)]] = [:]
+    private var chainLengths: [UInt16: Int] = [:]
+
+    public init(memory: SharedMemory, index: Int, size: Int) throws {
+        self.memory = memory
+        self.index = index
+        self.size = size
+        descriptorTable = memory.allocate(16 * size, alignment: 16)
+        availRing = memory.allocate(6 + 2 * size, alignment: 2)
+        usedRing = memory.allocate(6 + 8 * size, alignment: 4)
+        memory.pointer(descriptorTable).initializeMemory(as: UInt8.self, repeating: 0, count: 16 * size)
+        memory.pointer(availRing).initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 2 * size)
+        memory.pointer(usedRing).initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 8 * size)
+        kick = OwnedFileDescriptor(try SystemCall.eventFD())
+        call = OwnedFileDescriptor(try SystemCall.eventFD())
+        errorDescriptor = OwnedFileDescriptor(try SystemCall.eventFD())
+        freeHeads = (0..<UInt16(size)).reversed().map { $0 }
+    }
+
+    public var freeCount: Int { freeHeads.count }
+
+    /// The vring-address payload fields (user addresses): descriptor table, used ring, avail ring.
+    public var userAddresses: (descriptors: UInt64, used: UInt64, avail: UInt64) {
+        (memory.userAddress(of: descriptorTable), memory.userAddress(of: usedRing), memory.userAddress(of: availRing))
+    }
+
+    public func writeDescriptor(_ index: Int, _ d: Descriptor, table: UInt64? = nil) {
+        let p = memory.pointer((table ?? descriptorTable) + UInt64(16 * index))
+        p.storeBytes(of: d.address.littleEndian, as: UInt64.self)
+        p.storeBytes(of: d.length.littleEndian, toByteOffset: 8, as: UInt32.self)
+        p.storeBytes(of: d.flags.littleEndian, toByteOffset: 12, as: UInt16.self)
+        p.storeBytes(of: d.next.littleEndian, toByteOffset: 14, as: UInt16.self)
+    }
+
+    /// Builds a chain of readable buffers then writable ones (sizes), publishes it; returns its head.
+    @discardableResult
+    public func add(readable: [[UInt8]], writable: [Int], indirect: Bool = false, publish: Bool = true) -> UInt16 {
+        var parts: [Descriptor] = []
+        var writableParts: [(UInt64, Int)] = []
+        for bytes in readable {
+            let address = memory.allocate(max(bytes.count, 1))
+            memory.write(bytes, at: address)
+            parts.append(Descriptor(address: address, length: UInt32(bytes.count), flags: 0))
+        }
+        for count in writable {
+            let address = memory.allocate(max(count, 1))
+            memory.pointer(address).initializeMemory(as: UInt8.self, repeating: 0xAA, count: count)
+            parts.append(Descriptor(address: address, length: UInt32(count), flags: Self.flagWrite))
+            writableParts.append((address, count))
+        }
+        let head: UInt16
+        if indirect {
+            let table = memory.allocate(16 * parts.count)
+            for (i, var part) in parts.enumerated() {
+                if i + 1 < parts.count { part.flags |= Self.flagNext; part.next = UInt16(i + 1) }
+                writeDescriptor(i, part, table: table)
+            }
+            head = freeHeads.removeLast()
+            writeDescriptor(Int(head), Descriptor(address: table, length: UInt32(16 * parts.count), flags: Self.flagIndirect))
+            chainLengths[head] = 1
+        } else {
+            let heads = (0..<parts.count).map { _ in freeHeads.removeLast() }
+            for (i, var part) in parts.enumerated() {
+                if i + 1 < parts.count { part.flags |= Self.flagNext; part.next = heads[i + 1] }
+                writeDescriptor(Int(heads[i]), part)
+            }
+            head = heads[0]
+            chainLengths[head] = parts.count
+            for h in heads.dropFirst() { chainLengths[h] = 0 }
+        }
+        writableBuffers[head] = writableParts
+        if publish { self.publish(head) }
+        return head
+    }
+
+    /// Puts `head` in the avail ring and publishes the new avail.idx (release).
+    public func publish(_ head: UInt16) {
+        let slot = memory.pointer(availRing + 4 + UInt64(2 * (Int(availIndex) % size)))
+        slot.storeBytes(of: head.littleEndian, as: UInt16.self)
+        availIndex &+= 1
+        cvu_store_release_u16(memory.pointer(availRing + 2), availIndex.littleEndian)
+    }
+
+    /// Sets avail.idx directly (to test a corrupt ring).
+    public func setAvailIndex(_ value: UInt16) {
+        availIndex = value
+        cvu_store_release_u16(memory.pointer(availRing + 2), value.littleEndian)
+    }
+
+    public func setAvailFlags(_ flags: UInt16) { memory.pointer(availRing).storeBytes(of: flags.littleEndian, as: UInt16.self) }
+    public func setUsedEvent(_ value: UInt16) {
+        memory.pointer(availRing + 4 + UInt64(2 * size)).storeBytes(of: value.littleEndian, as: UInt16.self)
+    }
+    public var availEvent: UInt16 {
+        UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing + 4 + UInt64(8 * size))))
+    }
+    public var usedIndex: UInt16 { UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing + 2))) }
+
+    public func kickNow() { SystemCall.signal(kick.descriptor) }
+
+    /// Used entries that appeared since the last call; their descriptors return to the free list.
+    public func collectUsed() -> [Used] {
+        var result: [Used] = []
+        let now = usedIndex
+        while lastSeenUsed != now {
+            let element = memory.pointer(usedRing + 4 + UInt64(8 * (Int(lastSeenUsed) % size)))
+            let head = UInt16(truncatingIfNeeded: UInt32(littleEndian: element.loadUnaligned(as: UInt32.self)))
+            let length = UInt32(littleEndian: element.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+            result.append(Used(head: head, length: length))
+            lastSeenUsed &+= 1
+            release(head)
+        }
+        return result
+    }
+
+    private func release(_ head: UInt16) {
+        guard let count = chainLengths[head] else { return }
+        var index = head
+        for i in 0..<max(count, 1) {
+            freeHeads.append(index)
+            chainLengths[index] = nil
+            if i + 1 < count {
+                let p = memory.pointer(descriptorTable + UInt64(16 * Int(index)))
+                index = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+            }
+        }
+    }
+
+    /// Polls the used ring (as the Linux driver spins) until `count` entries arrived or `timeout` passes.
+    public func waitForUsed(_ count: Int, timeout: Duration = .seconds(5)) -> [Used] {
+        var result: [Used] = []
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        var spins = 0
+        while result.count < count && clock.now < deadline {
+            result += collectUsed()
+            spins += 1
+            if result.count < count && spins > 1000 { usleep(50) }
+        }
+        return result
+    }
+
+    /// The writable bytes of a completed chain, concatenated.
+    public func reply(of head: UInt16) -> [UInt8] {
+        (writableBuffers[head] ?? []).flatMap { memory.read($0.1, at: $0.0) }
+    }
+
+    /// Whether the back-end signalled the call eventfd (consumes the signal).
+    public func wasCalled() -> Bool { SystemCall.drain(call.descriptor) > 0 }
+    public func errorSignalled() -> Bool { SystemCall.drain(errorDescriptor.descriptor) > 0 }
+}

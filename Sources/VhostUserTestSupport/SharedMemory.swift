@@ -1,0 +1,65 @@
+import CVhostUser
+import Glibc
+import SystemPackage
+import VhostUser
+
+/// Guest RAM for tests: a memfd mapped into this process and shared with the back-end, with a
+/// bump allocator for rings and buffers. Its user address (what the front-end reports in memory
+/// tables and vring addresses) is the real address of the mapping here.
+public final class SharedMemory: @unchecked Sendable {
+    public let guestPhysicalAddress: UInt64
+    public let size: Int
+    public let descriptor: OwnedFileDescriptor
+    public let base: UnsafeMutableRawPointer
+    private var next = 0
+
+    public init(size: Int, guestPhysicalAddress: UInt64 = 0x1_0000_0000) throws {
+        self.size = size
+        self.guestPhysicalAddress = guestPhysicalAddress
+        let fd = try SystemCall.memfd(name: "test-guest-ram", size: size)
+        descriptor = OwnedFileDescriptor(fd)
+        base = try SystemCall.mapShared(fd, length: size, offset: 0)
+    }
+
+    deinit { munmap(base, size) }
+
+    public var userAddress: UInt64 { UInt64(UInt(bitPattern: base)) }
+
+    /// The 32-byte memory-region description: guest address, size, user address, mmap offset.
+    public var regionDescription: [UInt8] {
+        var out: [UInt8] = []
+        for value in [guestPhysicalAddress, UInt64(size), userAddress, 0] {
+            withUnsafeBytes(of: value) { out.append(contentsOf: $0) }
+        }
+        return out
+    }
+
+    /// Allocates `count` bytes aligned to `alignment`; returns the guest-physical address.
+    public func allocate(_ count: Int, alignment: Int = 16) -> UInt64 {
+        next = (next + alignment - 1) & ~(alignment - 1)
+        precondition(next + count <= size, "test guest memory exhausted")
+        defer { next += count }
+        return guestPhysicalAddress + UInt64(next)
+    }
+
+    /// Forgets every allocation (buffers are reused by the next test step).
+    public func resetAllocations(keeping bytes: Int) { next = bytes }
+    public var allocated: Int { next }
+
+    public func pointer(_ guestPhysical: UInt64) -> UnsafeMutableRawPointer {
+        precondition(guestPhysical >= guestPhysicalAddress && guestPhysical - guestPhysicalAddress < UInt64(size))
+        return base + Int(guestPhysical - guestPhysicalAddress)
+    }
+
+    public func userAddress(of guestPhysical: UInt64) -> UInt64 {
+        userAddress + (guestPhysical - guestPhysicalAddress)
+    }
+
+    public func write(_ bytes: [UInt8], at guestPhysical: UInt64) {
+        bytes.withUnsafeBytes { pointer(guestPhysical).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+    }
+
+    public func read(_ count: Int, at guestPhysical: UInt64) -> [UInt8] {
+        Array(UnsafeRawBufferPointer(start: pointer(guestPhysical), count: count))
+    }
+}

@@ -1,0 +1,141 @@
+import Glibc
+import Testing
+@testable import VhostUser
+import VhostUserTestSupport
+
+/// Every front-end message, well-formed and malformed (vhost-user.rst, "Front-end message types").
+@Suite struct MessageTests {
+    @Test func featureNegotiation() throws {
+        let h = try Harness()
+        let features = try h.frontend.getFeatures()
+        // Offer the device's bits and exactly the transport bits the engine implements.
+        #expect(features == EchoDevice.featureA | EchoDevice.featureB | (1 << 28) | (1 << 29) | (1 << 30) | (1 << 32))
+        #expect(try h.frontend.getProtocolFeatures() == ProtocolFeatures.supported)
+        #expect(ProtocolFeatures.supported.rawValue == (1 << 0 | 1 << 3 | 1 << 5 | 1 << 9 | 1 << 13 | 1 << 15 | 1 << 16))
+        try h.frontend.setProtocolFeatures(.supported)
+        #expect(try h.frontend.getU64(.getQueueNum) == 2)
+        #expect(try h.frontend.getU64(.getMaxMemSlots) == 32)
+        // Unoffered bits are refused (with REPLY_ACK the refusal is visible).
+        try h.frontend.send(.setFeatures, TestFrontend.bytes(UInt64(1) << 40), needReply: true)
+        #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setFeatures)) != 0)
+        try h.frontend.send(.setFeatures, TestFrontend.bytes(EchoDevice.featureA | TransportFeatures.protocolFeatures), needReply: true)
+        #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setFeatures)) == 0)
+        #expect(h.device.state.withLock { $0.negotiated } == EchoDevice.featureA)
+        try h.frontend.send(.setProtocolFeatures, TestFrontend.bytes(UInt64(1) << 2), needReply: true)
+        #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setProtocolFeatures)) != 0)
+    }
+
+    @Test func replyAckOnlyWhenNegotiated() throws {
+        let h = try Harness()
+        try h.frontend.setProtocolFeatures([.config])
+        try h.frontend.send(.setOwner, needReply: true)
+        // No REPLY_ACK: no ack comes, so the next reply is GET_FEATURES'.
+        #expect(try h.frontend.getFeatures() != 0)
+        try h.frontend.setProtocolFeatures([.replyAck])
+        try h.frontend.send(.setOwner, needReply: true)
+        #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setOwner)) == 0)
+    }
+
+    @Test func protocolFeatureGating() throws {
+        let h = try Harness()
+        try h.frontend.setProtocolFeatures([.replyAck])
+        // GET_STATUS without F_STATUS: an empty reply tells QEMU it failed.
+        try h.frontend.send(.getStatus)
+        #expect(try h.frontend.receiveReply(to: .getStatus).isEmpty)
+        try h.frontend.send(.getQueueNum)
+        #expect(try h.frontend.receiveReply(to: .getQueueNum).isEmpty)
+        // SET_VRING_ENABLE needs VHOST_USER_F_PROTOCOL_FEATURES acked.
+        #expect(try h.frontend.setVringEnable(0, true) == false)
+        #expect(try h.frontend.sendAcked(.resetDevice) == false)
+        #expect(h.backend.statistics.refusedMessages == 4)
+    }
+
+    @Test func configSpace() throws {
+        let h = try Harness()
+        try h.frontend.setProtocolFeatures(.supported)
+        #expect(try h.frontend.getConfig(size: 8) == [1, 2, 3, 4, 5, 6, 7, 8])
+        #expect(try h.frontend.getConfig(offset: 6, size: 2) == [7, 8])
+        #expect(try h.frontend.getConfig(offset: 6, size: 4) == [])  // out of bounds: empty reply
+        // QEMU's generic device writes the whole space; a write that keeps read-only bytes is applied.
+        #expect(try h.frontend.setConfig([9, 2, 3, 4, 5, 6, 7, 8]))
+        #expect(try h.frontend.getConfig(size: 1) == [9])
+        // Changing a read-only byte is refused, unless the migration flag is set.
+        #expect(try h.frontend.setConfig([9, 2, 3, 0, 5, 6, 7, 8]) == false)
+        #expect(try h.frontend.setConfig([9, 2, 3, 0, 5, 6, 7, 8], migration: true))
+        #expect(try h.frontend.setConfig(offset: 7, [1, 1]) == false)
+    }
+
+    @Test func statusRoundTrip() throws {
+        let h = try Harness()
+        try h.frontend.setProtocolFeatures(.supported)
+        try h.frontend.setStatus(0x0f)
+        #expect(try h.frontend.getStatus() == 0x0f)
+        try h.frontend.send(.setStatus, TestFrontend.bytes(UInt64(0x1ff)), needReply: true)
+        #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setStatus)) != 0)
+    }
+
+    @Test func unknownAndUnsupportedMessagesAreRefusedCleanly() throws {
+        let h = try Harness()
+        try h.frontend.setProtocolFeatures(.supported)
+        try h.frontend.sendRaw(MessageHeader(request: 99, flags: 0x9, size: 3).bytes + [1, 2, 3])
+        #expect(TestFrontend.u64(try h.frontend.receiveReply(toRaw: 99)) != 0)
+        #expect(try h.frontend.sendAcked(.setLogBase, [UInt8](repeating: 0, count: 16)) == false)
+        #expect(try h.frontend.sendAcked(.iotlbMessage, [UInt8](repeating: 0, count: 32)) == false)
+        // Wrong payload sizes.
+        #expect(try h.frontend.sendAcked(.setVringNum, [0, 0, 0]) == false)
+        #expect(try h.frontend.sendAcked(.setOwner, [0]) == false)
+        // The connection is still usable.
+        #expect(try h.frontend.getFeatures() != 0)
+    }
+
+    @Test func wrongDescriptorCountsAreClosed() throws {
+        let name = "vu-test-fdcount-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let h = try Harness()
+        try h.frontend.setProtocolFeatures(.supported)
+        do {
+            let a = try namedMemfd(name), b = try namedMemfd(name)
+            #expect(descriptorsReferring(to: name) == 2)
+            // SET_VRING_CALL with two descriptors instead of one.
+            try h.frontend.send(.setVringCall, TestFrontend.bytes(UInt64(0)), fds: [a.rawValue, b.rawValue], needReply: true)
+            #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setVringCall)) != 0)
+            // GET_FEATURES with an unexpected descriptor: refused (empty reply); REM_MEM_REG's is closed too.
+            try h.frontend.send(.getFeatures, fds: [a.rawValue])
+            #expect(try h.frontend.receiveReply(to: .getFeatures).isEmpty)
+            #expect(try h.frontend.sendAcked(.remMemReg, [UInt8](repeating: 0, count: 40), fds: [b.rawValue]) == false)
+            // SET_MEM_TABLE that names one region but brings none.
+            #expect(try h.frontend.sendAcked(.setMemTable, [1, 0, 0, 0, 0, 0, 0, 0] + h.memory.regionDescription) == false)
+            #expect(descriptorsReferring(to: name) == 2, "the back-end kept a copy")
+        }
+        #expect(descriptorsReferring(to: name) == 0)
+    }
+
+    @Test func badHeaderEndsTheConnection() throws {
+        let h = try Harness()
+        try h.frontend.sendRaw(MessageHeader(request: 1, flags: 0x2, size: 0).bytes)
+        #expect(h.finish() == .disconnected)
+    }
+
+    @Test func disconnectInTheMiddleOfAMessage() throws {
+        let name = "vu-test-midmsg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let h = try Harness()
+        try h.start()
+        #expect(h.device.resets == 0)
+        do {
+            let fd = try namedMemfd(name)
+            // A SET_MEM_TABLE header with its descriptor, then only half the payload.
+            let payload = [1, 0, 0, 0, 0, 0, 0, 0] + h.memory.regionDescription
+            try h.frontend.sendRaw(MessageHeader(request: FrontendRequest.setMemTable.rawValue, flags: 1, size: 40).bytes
+                                   + payload.prefix(20), fds: [fd.rawValue])
+        }
+        #expect(h.finish() == .disconnected)
+        #expect(h.device.resets == 1)  // a disconnect resets the device
+        #expect(descriptorsReferring(to: name) == 0)
+    }
+
+    @Test func stopRequestEndsServing() throws {
+        let h = try Harness()
+        _ = try h.frontend.getFeatures()
+        h.backend.requestStop()
+        #expect(h.finish(disconnect: false) == .stopped)
+    }
+}

@@ -1,0 +1,151 @@
+import Glibc
+import Logging
+import Synchronization
+import SystemPackage
+import Testing
+@testable import VhostUser
+import VhostUserTestSupport
+
+/// A small device for engine tests. Queue 0 (on kick) answers each request with its bytes reversed;
+/// queue 1 (on demand) delivers queued events. Config: 8 bytes, only byte 0 writable.
+final class EchoDevice: VhostUserDevice, @unchecked Sendable {
+    struct State {
+        var resets = 0
+        var negotiated: UInt64 = 0
+        var config: [UInt8] = [1, 2, 3, 4, 5, 6, 7, 8]
+        var events: [[UInt8]] = []
+        var processed = 0
+    }
+
+    let state = Mutex(State())
+    static let featureA: UInt64 = 1 << 0
+    static let featureB: UInt64 = 1 << 5
+
+    var deviceFeatures: UInt64 { Self.featureA | Self.featureB }
+    var queueCount: Int { 2 }
+    var maxQueueSize: Int { 1024 }
+
+    func readConfig() -> [UInt8] { state.withLock { $0.config } }
+
+    func writeConfig(offset: Int, bytes: [UInt8], migration: Bool) -> Bool {
+        state.withLock { s in
+            for (i, byte) in bytes.enumerated() where offset + i != 0 && byte != s.config[offset + i] && !migration {
+                return false
+            }
+            if offset == 0, let first = bytes.first { s.config[0] = first }
+            return true
+        }
+    }
+
+    func setNegotiatedFeatures(_ features: UInt64) { state.withLock { $0.negotiated = features } }
+    func mode(ofQueue queue: Int) -> QueueMode { queue == 0 ? .onKick : .onDemand }
+    func hasPendingWork(queue: Int) -> Bool { state.withLock { !$0.events.isEmpty } }
+
+    func process(queue: Int, readable: ChainReadable, writable: ChainWritable) -> Int {
+        var input: [UInt8] = []
+        for part in readable { input.append(contentsOf: part) }
+        let output: [UInt8] = queue == 0 ? input.reversed() : state.withLock { $0.events.isEmpty ? [] : $0.events.removeFirst() }
+        var written = 0
+        for part in writable where written < output.count {
+            let n = min(part.count, output.count - written)
+            output.withUnsafeBytes { part.baseAddress!.copyMemory(from: $0.baseAddress! + written, byteCount: n) }
+            written += n
+        }
+        state.withLock { $0.processed += 1 }
+        return written
+    }
+
+    func reset() { state.withLock { $0.resets += 1; $0.events = [] } }
+
+    var resets: Int { state.withLock { $0.resets } }
+    var processed: Int { state.withLock { $0.processed } }
+    func post(_ event: [UInt8]) { state.withLock { $0.events.append(event) } }
+}
+
+struct UncheckedBox<T>: @unchecked Sendable { let value: T }
+
+/// A back-end serving an `EchoDevice` on its own thread, and a test front-end connected to it.
+final class Harness {
+    let device = EchoDevice()
+    let backend: VhostUserBackend
+    let frontend: TestFrontend
+    let memory: SharedMemory
+    let queues: [DriverQueue]
+    private let thread: BackgroundThread
+    private final class OutcomeBox: Sendable { let value = Mutex<VhostUserBackend.Outcome?>(nil) }
+    private let result = OutcomeBox()
+    private var finished = false
+
+    init(queueSize: Int = 256, memorySize: Int = 4 << 20) throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        backend = try VhostUserBackend(device: device, logger: logger)
+        let (frontend, backendEnd) = try TestFrontend.pair()
+        self.frontend = frontend
+        let memory = try SharedMemory(size: memorySize)
+        self.memory = memory
+        queues = try (0..<2).map { try DriverQueue(memory: memory, index: $0, size: queueSize) }
+        let box = UncheckedBox(value: (backend, backendEnd, result))
+        thread = BackgroundThread {
+            let outcome = try? box.value.0.serve(connection: box.value.1)
+            box.value.2.value.withLock { $0 = outcome }
+        }
+    }
+
+    var allFeatures: UInt64 { EchoDevice.featureA | EchoDevice.featureB | TransportFeatures.all }
+
+    /// Initialization and start exactly as QEMU does them.
+    func start(features: UInt64? = nil, protocolFeatures: ProtocolFeatures = .supported) throws {
+        try frontend.initialize(protocolFeatures: protocolFeatures, queues: queues)
+        try frontend.start(features: features ?? allFeatures, memory: [memory], queues: queues)
+    }
+
+    /// Sends a request on queue 0, kicks, and waits for it to complete.
+    func roundTrip(_ bytes: [UInt8], replySize: Int? = nil) -> (DriverQueue.Used?, [UInt8]) {
+        let head = queues[0].add(readable: [bytes], writable: [replySize ?? bytes.count])
+        queues[0].kickNow()
+        let used = queues[0].waitForUsed(1).first
+        return (used, queues[0].reply(of: head))
+    }
+
+    /// Disconnects and waits for the back-end thread; returns how `serve` ended.
+    @discardableResult
+    func finish(disconnect: Bool = true) -> VhostUserBackend.Outcome? {
+        if !finished {
+            finished = true
+            if disconnect { frontend.disconnect() }
+            thread.join()
+        }
+        return result.value.withLock { $0 }
+    }
+
+    deinit { _ = finish() }
+}
+
+/// Open descriptors of this process, to show that nothing leaks.
+func openDescriptorCount() -> Int {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(dir) }
+    var count = 0
+    while readdir(dir) != nil { count += 1 }
+    return count
+}
+
+/// How many descriptors of this process refer to the memfd named `name` (parallel-safe leak check).
+func descriptorsReferring(to name: String) -> Int {
+    guard let dir = opendir("/proc/self/fd") else { return -1 }
+    defer { closedir(dir) }
+    var count = 0
+    while let entry = readdir(dir) {
+        let fdName = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        var target = [CChar](repeating: 0, count: 512)
+        let n = readlink("/proc/self/fd/\(fdName)", &target, 511)
+        if n > 0, String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self).contains(name) { count += 1 }
+    }
+    return count
+}
+
+/// A memfd with a unique name, to follow where its descriptors go.
+func namedMemfd(_ name: String) throws -> OwnedFileDescriptor {
+    OwnedFileDescriptor(try SystemCall.memfd(name: name, size: 4096))
+}
