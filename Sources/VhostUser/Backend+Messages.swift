@@ -11,7 +11,7 @@ extension VhostUserBackend {
         statistics.messages += 1
         let header = message.header
         let request = message.request
-        logger.debug("message", metadata: ["request": "\(request.map(\.description) ?? "\(header.request)")",
+        logger.debug("message", metadata: ["request": "\(request.map(\.name) ?? "\(header.request)")",
                                             "size": "\(header.size)", "fds": "\(message.descriptors.count)"])
         var body: [UInt8]?
         var failure: ProtocolError?

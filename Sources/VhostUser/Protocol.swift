@@ -1,5 +1,5 @@
 /// Front-end → back-end message types (vhost-user.rst, "Front-end message types").
-public enum FrontendRequest: UInt32, Sendable, CaseIterable, CustomStringConvertible {
+public enum FrontendRequest: UInt32, Sendable, CaseIterable {
     case getFeatures = 1
     case setFeatures = 2
     case setOwner = 3
@@ -44,7 +44,8 @@ public enum FrontendRequest: UInt32, Sendable, CaseIterable, CustomStringConvert
     case setDeviceStateFD = 42
     case checkDeviceState = 43
 
-    public var description: String { "\(self)".uppercased() }
+    /// The case name, for logs.
+    public var name: String { String(describing: self) }
 }
 
 /// Back-end → front-end message types, sent on the SET_BACKEND_REQ_FD channel.

@@ -9,6 +9,7 @@ public final class DriverQueue: @unchecked Sendable {
     public struct Used: Hashable, Sendable {
         public var head: UInt16
         public var length: UInt32
+        public init(head: UInt16, length: UInt32) { self.head = head; self.length = length }
     }
 
     public struct Descriptor: Sendable {

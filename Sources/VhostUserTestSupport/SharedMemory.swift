@@ -28,7 +28,8 @@ public final class SharedMemory: @unchecked Sendable {
     /// The 32-byte memory-region description: guest address, size, user address, mmap offset.
     public var regionDescription: [UInt8] {
         var out: [UInt8] = []
-        for value in [guestPhysicalAddress, UInt64(size), userAddress, 0] {
+        let fields: [UInt64] = [guestPhysicalAddress, UInt64(size), userAddress, 0]
+        for value in fields {
             withUnsafeBytes(of: value) { out.append(contentsOf: $0) }
         }
         return out

@@ -78,7 +78,7 @@ final class Harness {
 
     init(queueSize: Int = 256, memorySize: Int = 4 << 20) throws {
         var logger = Logger(label: "test")
-        logger.logLevel = .critical
+        logger.logLevel = getenv("VU_TEST_LOG") != nil ? .debug : .critical
         backend = try VhostUserBackend(device: device, logger: logger)
         let (frontend, backendEnd) = try TestFrontend.pair()
         self.frontend = frontend

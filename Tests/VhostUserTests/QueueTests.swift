@@ -1,0 +1,294 @@
+import Glibc
+import Testing
+@testable import VhostUser
+import VhostUserTestSupport
+
+/// Split virtqueues driven through a real socket, memfd memory and eventfds (virtio 1.x §2.7;
+/// vhost-user.rst "Ring states").
+@Suite struct QueueTests {
+    @Test func roundTripThroughTheRing() throws {
+        let h = try Harness()
+        try h.start()
+        let (used, reply) = h.roundTrip([1, 2, 3, 4, 5])
+        #expect(used?.length == 5)
+        #expect(reply == [5, 4, 3, 2, 1])
+        #expect(h.queues[0].wasCalled())  // no suppression asked: the driver is called
+    }
+
+    // §2.7.5.3: chains split over several buffers, readable before writable.
+    @Test func multiBufferChains() throws {
+        let h = try Harness()
+        try h.start()
+        let head = h.queues[0].add(readable: [[1, 2], [3], [4, 5, 6]], writable: [2, 2, 2])
+        h.queues[0].kickNow()
+        #expect(h.queues[0].waitForUsed(1).first?.length == 6)
+        #expect(h.queues[0].reply(of: head) == [6, 5, 4, 3, 2, 1])
+    }
+
+    // §2.7.5.3.1: indirect descriptors.
+    @Test func indirectChains() throws {
+        let h = try Harness()
+        try h.start()
+        let head = h.queues[0].add(readable: [[7, 8], [9]], writable: [3], indirect: true)
+        h.queues[0].kickNow()
+        #expect(h.queues[0].waitForUsed(1).first?.length == 3)
+        #expect(h.queues[0].reply(of: head) == [9, 8, 7])
+    }
+
+    // Without INDIRECT_DESC negotiated, an indirect chain is bad: used length 0, queue keeps running.
+    @Test func indirectWithoutFeature() throws {
+        let h = try Harness()
+        try h.start(features: h.allFeatures & ~TransportFeatures.indirectDescriptors)
+        h.queues[0].add(readable: [[1]], writable: [1], indirect: true)
+        h.queues[0].kickNow()
+        #expect(h.queues[0].waitForUsed(1).first?.length == 0)
+        #expect(h.roundTrip([1, 2]).1 == [2, 1])
+        #expect(h.backend.statistics.badChains == 1)
+    }
+
+    /// Publishes a chain made of raw descriptors (for malformed chains).
+    func publishRaw(_ q: DriverQueue, _ descriptors: [(Int, DriverQueue.Descriptor)], head: UInt16) {
+        for (index, d) in descriptors { q.writeDescriptor(index, d) }
+        q.publish(head)
+        q.kickNow()
+    }
+
+    // Malformed chains complete with used length 0 and the queue keeps running.
+    @Test func malformedChains() throws {
+        let h = try Harness()
+        try h.start()
+        let q = h.queues[0]
+        let buffer = h.memory.allocate(64)
+        let outside = h.memory.guestPhysicalAddress + UInt64(h.memory.size)
+        let W = DriverQueue.flagWrite, N = DriverQueue.flagNext, I = DriverQueue.flagIndirect
+        let cases: [[(Int, DriverQueue.Descriptor)]] = [
+            // A loop: 200 → 201 → 200.
+            [(200, .init(address: buffer, length: 4, flags: N, next: 201)), (201, .init(address: buffer, length: 4, flags: N, next: 200))],
+            // next beyond the queue.
+            [(200, .init(address: buffer, length: 4, flags: N, next: 999))],
+            // Address outside guest memory, and one that wraps around 2^64.
+            [(200, .init(address: outside, length: 4, flags: W))],
+            [(200, .init(address: .max - 1, length: 4, flags: W))],
+            // Writable part of length 0; readable after writable.
+            [(200, .init(address: buffer, length: 4, flags: N, next: 201)), (201, .init(address: buffer, length: 0, flags: W))],
+            [(200, .init(address: buffer, length: 4, flags: W | N, next: 201)), (201, .init(address: buffer, length: 4, flags: 0))],
+            // Indirect with NEXT, a table of bad length, a table outside memory.
+            [(200, .init(address: buffer, length: 16, flags: I | N, next: 201)), (201, .init(address: buffer, length: 4, flags: W))],
+            [(200, .init(address: buffer, length: 15, flags: I))],
+            [(200, .init(address: outside, length: 16, flags: I))],
+        ]
+        for (i, chain) in cases.enumerated() {
+            publishRaw(q, chain, head: 200)
+            let used = q.waitForUsed(1)
+            #expect(used == [DriverQueue.Used(head: 200, length: 0)], "case \(i)")
+        }
+        // A nested indirect table.
+        let inner = h.memory.allocate(16)
+        q.writeDescriptor(0, .init(address: buffer, length: 16, flags: I), table: inner)
+        publishRaw(q, [(200, .init(address: inner, length: 16, flags: I))], head: 200)
+        #expect(q.waitForUsed(1) == [DriverQueue.Used(head: 200, length: 0)])
+        #expect(h.backend.statistics.badChains == cases.count + 1)
+        #expect(h.roundTrip([1, 2, 3]).1 == [3, 2, 1])
+        #expect(h.device.processed == 1)  // no bad chain reached the device
+    }
+
+    // §2.7.13: 256 chains queued before one kick complete in order.
+    @Test func manyChainsOneKick() throws {
+        let h = try Harness(queueSize: 256)
+        try h.start()
+        let q = h.queues[0]
+        var heads: [UInt16] = []
+        // Linux uses one indirect descriptor per request when INDIRECT_DESC is negotiated.
+        for i in 0..<256 { heads.append(q.add(readable: [[UInt8(i & 0xff), 0]], writable: [2], indirect: true)) }
+        #expect(q.freeCount == 0)
+        q.kickNow()
+        let used = q.waitForUsed(256)
+        #expect(used.map(\.head) == heads)
+        #expect(used.allSatisfy { $0.length == 2 })
+        #expect(h.device.processed == 256)
+    }
+
+    // §2.7.10: with EVENT_IDX the driver is called only when used.idx passes used_event,
+    // and the device publishes avail_event so the driver knows when to kick.
+    @Test func eventIndexSuppression() throws {
+        let h = try Harness()
+        try h.start()
+        let q = h.queues[0]
+        q.setUsedEvent(5)  // "call me once the 6th entry is used"
+        for _ in 0..<3 { _ = h.roundTrip([1]) }
+        #expect(!q.wasCalled())
+        #expect(q.availEvent == q.availIndex)
+        for _ in 0..<3 { _ = h.roundTrip([1]) }
+        #expect(q.wasCalled())
+    }
+
+    // §2.7.7: without EVENT_IDX, VIRTQ_AVAIL_F_NO_INTERRUPT suppresses the call.
+    @Test func noInterruptFlag() throws {
+        let h = try Harness()
+        try h.start(features: h.allFeatures & ~TransportFeatures.eventIndex)
+        h.queues[0].setAvailFlags(1)
+        _ = h.roundTrip([1])
+        #expect(!h.queues[0].wasCalled())
+        h.queues[0].setAvailFlags(0)
+        _ = h.roundTrip([1])
+        #expect(h.queues[0].wasCalled())
+    }
+
+    // Ring states: a started but disabled ring consumes chains with no side effects.
+    @Test func kicksBeforeEnable() throws {
+        let h = try Harness()
+        try h.frontend.initialize(queues: h.queues)
+        let q = h.queues[0]
+        try h.frontend.setFeatures(h.allFeatures)
+        try h.frontend.setMemTable([h.memory])
+        try h.frontend.setVringNum(0, q.size)
+        try h.frontend.setVringBase(0, 0)
+        let a = q.userAddresses
+        try h.frontend.setVringAddr(0, descriptors: a.descriptors, used: a.used, avail: a.avail)
+        try h.frontend.setVringFD(.setVringKick, 0, q.kick.rawValue)
+        q.add(readable: [[1, 2]], writable: [2])
+        q.kickNow()
+        #expect(q.waitForUsed(1).first?.length == 0)
+        #expect(h.device.processed == 0)
+        try h.frontend.setVringEnable(0, true)
+        #expect(h.roundTrip([1, 2]).1 == [2, 1])
+    }
+
+    // GET_VRING_BASE stops the ring and returns the next avail index; a stopped ring is not processed.
+    @Test func getVringBaseMidStream() throws {
+        let h = try Harness()
+        try h.start()
+        let q = h.queues[0]
+        for _ in 0..<5 { _ = h.roundTrip([1]) }
+        #expect(try h.frontend.getVringBase(0) == 5)
+        q.add(readable: [[1]], writable: [1])
+        q.kickNow()
+        #expect(q.waitForUsed(1, timeout: .milliseconds(200)).isEmpty)
+        #expect(h.device.processed == 5)
+    }
+
+    // A pause (stop, then start at the same bases) keeps device state; chains made available
+    // while stopped are handled when the ring is enabled again.
+    @Test func pauseKeepsState() throws {
+        let h = try Harness()
+        try h.start()
+        _ = h.roundTrip([1])
+        let bases = try h.frontend.stop(queues: h.queues)
+        #expect(bases == [1, 0])
+        h.queues[0].add(readable: [[4, 2]], writable: [2])
+        try h.frontend.start(features: h.allFeatures, memory: [h.memory], queues: h.queues,
+                             bases: bases.map { UInt16($0) })
+        #expect(h.queues[0].waitForUsed(1).first?.length == 2)
+        #expect(h.device.resets == 0)
+        #expect(h.backend.statistics.guestResetsDetected == 0)
+    }
+
+    // QEMU's generic device sends no RESET_DEVICE: a restart at a different base is a guest reset.
+    @Test func guestResetDetectedFromBase() throws {
+        let h = try Harness()
+        try h.start()
+        _ = h.roundTrip([1])
+        h.device.post([1])
+        try h.frontend.stop(queues: h.queues)
+        let fresh = try (0..<2).map { try DriverQueue(memory: h.memory, index: $0, size: 256) }
+        try h.frontend.start(features: h.allFeatures, memory: [h.memory], queues: fresh)
+        #expect(h.device.resets == 1)
+        #expect(h.backend.statistics.guestResetsDetected == 1)
+        fresh[0].add(readable: [[1, 2]], writable: [2])
+        fresh[0].kickNow()
+        #expect(fresh[0].waitForUsed(1).first?.length == 2)
+    }
+
+    @Test func resetDeviceMessage() throws {
+        let h = try Harness()
+        try h.start()
+        #expect(try h.frontend.sendAcked(.resetDevice))
+        #expect(h.device.resets == 1)
+        #expect(try h.frontend.getStatus() == 0)
+    }
+
+    // An unrecoverable ring error stops the queue, signals its error eventfd and sets DEVICE_NEEDS_RESET.
+    @Test(arguments: [true, false])
+    func ringErrorsStopTheQueue(jump: Bool) throws {
+        let h = try Harness()
+        try h.start()
+        let q = h.queues[0]
+        if jump {
+            q.setAvailIndex(q.availIndex &+ 300)  // moves by more than the queue size
+        } else {
+            q.add(readable: [[1]], writable: [1], publish: false)
+            let slot = h.memory.pointer(q.availRing + 4 + UInt64(2 * (Int(q.availIndex) % q.size)))
+            slot.storeBytes(of: UInt16(999).littleEndian, as: UInt16.self)  // head beyond the queue
+            q.setAvailIndex(q.availIndex &+ 1)
+        }
+        q.kickNow()
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !q.errorSignalled() && ContinuousClock.now < deadline { usleep(100) }
+        #expect(try h.frontend.getStatus() & DeviceStatus.needsReset != 0)
+        #expect(h.backend.statistics.ringErrors == 1)
+        #expect(q.usedIndex == 0)
+        // The other queue and the connection still work.
+        #expect(try h.frontend.getFeatures() != 0)
+    }
+
+    // On-demand queues: posted buffers wait until the device has something to write; a wake-up from
+    // another thread delivers it.
+    @Test func onDemandQueue() throws {
+        let h = try Harness()
+        try h.start()
+        let events = h.queues[1]
+        for _ in 0..<4 { events.add(readable: [], writable: [8]) }
+        events.kickNow()
+        #expect(events.waitForUsed(1, timeout: .milliseconds(100)).isEmpty)
+        h.device.post([1, 2, 3])
+        h.backend.waker.wake()
+        let used = events.waitForUsed(1)
+        #expect(used.first?.length == 3)
+        #expect(events.reply(of: used.first!.head).prefix(3) == [1, 2, 3])
+        #expect(events.wasCalled())
+        // Two more, then nothing is consumed beyond what was pending.
+        h.device.post([4]); h.device.post([5])
+        h.backend.waker.wake()
+        #expect(events.waitForUsed(2).count == 2)
+        #expect(events.waitForUsed(1, timeout: .milliseconds(100)).isEmpty)
+    }
+
+    // Memory table changes while rings run: a new region is usable, removing the ring's region stops the ring.
+    @Test func memoryRegionsChangeWhileRunning() throws {
+        let h = try Harness()
+        try h.start()
+        let extra = try SharedMemory(size: 1 << 20, guestPhysicalAddress: 0x2_0000_0000)
+        #expect(try h.frontend.addMemoryRegion(extra))
+        #expect(try h.frontend.addMemoryRegion(extra) == false)  // overlaps itself
+        // A chain whose buffers live in the new region.
+        let input = extra.allocate(4), output = extra.allocate(4)
+        extra.write([1, 2, 3, 4], at: input)
+        let q = h.queues[0]
+        q.writeDescriptor(100, .init(address: input, length: 4, flags: DriverQueue.flagNext, next: 101))
+        q.writeDescriptor(101, .init(address: output, length: 4, flags: DriverQueue.flagWrite))
+        q.publish(100)
+        q.kickNow()
+        #expect(q.waitForUsed(1).first?.length == 4)
+        #expect(extra.read(4, at: output) == [4, 3, 2, 1])
+        #expect(try h.frontend.removeMemoryRegion(extra))
+        #expect(try h.frontend.removeMemoryRegion(extra) == false)
+        // Now the same chain points outside guest memory: a bad chain, not a crash.
+        q.publish(100)
+        q.kickNow()
+        #expect(q.waitForUsed(1).first?.length == 0)
+        // Removing the ring's own region stops the ring.
+        #expect(try h.frontend.removeMemoryRegion(h.memory))
+        #expect(try h.frontend.getStatus() & DeviceStatus.needsReset != 0)
+    }
+
+    @Test func queueSetupValidation() throws {
+        let h = try Harness()
+        try h.frontend.initialize(queues: h.queues)
+        #expect(try h.frontend.sendAcked(.setVringNum, h.frontend.vringState(0, 100)) == false)   // not a power of 2
+        #expect(try h.frontend.sendAcked(.setVringNum, h.frontend.vringState(0, 2048)) == false)  // above the device's max
+        #expect(try h.frontend.sendAcked(.setVringNum, h.frontend.vringState(5, 256)) == false)   // no such queue
+        #expect(try h.frontend.sendAcked(.setVringBase, h.frontend.vringState(0, 0x10000)) == false)
+        #expect(try h.frontend.sendAcked(.setVringKick, TestFrontend.bytes(UInt64(1) << 9), fds: [h.queues[0].kick.rawValue]) == false)
+        #expect(try h.frontend.sendAcked(.setVringNum, h.frontend.vringState(0, 256)))
+    }
+}
