@@ -34,6 +34,7 @@ public final class VhostUserBackend {
     var status: UInt8 = 0
     var backendChannel: OwnedFileDescriptor?
     private let stopFlag = Atomic<Bool>(false)
+    private let configChangePending = Atomic<Bool>(false)
 
     // The connection being served.
     var connection: FileDescriptor?
@@ -127,6 +128,7 @@ public final class VhostUserBackend {
                 if disconnectRequested { return .disconnected }
             }
             serviceOnDemandQueues()
+            if configChangePending.exchange(false, ordering: .acquiringAndReleasing) { sendConfigChange() }
         }
     }
 
@@ -314,8 +316,14 @@ public final class VhostUserBackend {
 
     // MARK: Back-end channel
 
-    /// Tells the front-end to re-read the config space (BACKEND_CONFIG_CHANGE_MSG).
+    /// Asks the loop to tell the front-end to re-read the config space; safe from any thread.
     public func notifyConfigChange() {
+        configChangePending.store(true, ordering: .releasing)
+        loop.waker.wake()
+    }
+
+    /// Sends BACKEND_CONFIG_CHANGE_MSG on the back-end channel, if the front-end gave one.
+    private func sendConfigChange() {
         guard let channel = backendChannel?.descriptor else { return }
         let header = MessageHeader(request: BackendRequest.configChange.rawValue, flags: MessageHeader.version, size: 0)
         _ = header.bytes.withUnsafeBytes { try? SystemCall.send(channel, $0) }

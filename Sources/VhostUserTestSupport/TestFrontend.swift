@@ -172,7 +172,13 @@ public final class TestFrontend: @unchecked Sendable {
         try sendAcked(.setConfig, Self.bytes(UInt32(offset)) + Self.bytes(UInt32(bytes.count))
                       + Self.bytes(UInt32(migration ? 1 : 0)) + bytes)
     }
-    public func setStatus(_ status: UInt8) throws { try send(.setStatus, Self.bytes(UInt64(status))) }
+    /// QEMU waits for SET_STATUS (REPLY_ACK, or a GET_FEATURES round trip without it).
+    @discardableResult
+    public func setStatus(_ status: UInt8) throws -> Bool {
+        let ok = try sendAcked(.setStatus, Self.bytes(UInt64(status)))
+        if !replyAck { _ = try getFeatures() }
+        return ok
+    }
     public func getStatus() throws -> UInt8 { UInt8(truncatingIfNeeded: try getU64(.getStatus)) }
 
     // MARK: QEMU's sequences (qemu-and-vhost-user.md §3.7)
