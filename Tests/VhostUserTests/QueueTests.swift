@@ -154,6 +154,14 @@ import VhostUserTestSupport
         #expect(h.roundTrip([1, 2]).1 == [2, 1])
     }
 
+    // Ring states: without VHOST_USER_F_PROTOCOL_FEATURES there is no SET_VRING_ENABLE; rings start enabled.
+    @Test func withoutProtocolFeaturesRingsAreEnabled() throws {
+        let h = try Harness()
+        try h.start(features: h.allFeatures & ~TransportFeatures.protocolFeatures)
+        #expect(h.roundTrip([5, 6]).1 == [6, 5])
+        #expect(h.device.processed == 1)
+    }
+
     // GET_VRING_BASE stops the ring and returns the next avail index; a stopped ring is not processed.
     @Test func getVringBaseMidStream() throws {
         let h = try Harness()
