@@ -6,11 +6,13 @@ let package = Package(
     products: [
         .library(name: "VirtioIOMMU", targets: ["VirtioIOMMU"]),
         .library(name: "VhostUser", targets: ["VhostUser"]),
+        .executable(name: "vhost-iommu", targets: ["vhost-iommu"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // Device model: wire format, domains, mappings, translation. No system calls.
@@ -34,6 +36,13 @@ let package = Package(
         .testTarget(name: "VhostUserTests", dependencies: [
             "VhostUser", "VhostUserTestSupport",
             .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The daemon: CLI, wiring, control socket, signals.
+        .executableTarget(name: "vhost-iommu", dependencies: [
+            "VirtioIOMMU", "VhostUser",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
         ]),
     ],
     swiftLanguageModes: [.v6]

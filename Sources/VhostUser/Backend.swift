@@ -5,8 +5,10 @@ import Synchronization
 import SystemPackage
 
 /// The vhost-user back-end engine: validates every front-end message before dispatch, owns guest
-/// memory and the rings, and hands chains to a `VhostUserDevice`. One thread runs it.
-public final class VhostUserBackend {
+/// memory and the rings, and hands chains to a `VhostUserDevice`. One thread runs it; from other
+/// threads only `waker`, `requestStop()`, `notifyConfigChange()` and `availableChains(queue:)` may be
+/// used (they touch atomics, a lock or an eventfd only), hence the unchecked `Sendable`.
+public final class VhostUserBackend: @unchecked Sendable {
     public enum Outcome: Sendable, Equatable {
         case disconnected
         case stopped
@@ -35,6 +37,9 @@ public final class VhostUserBackend {
     var backendChannel: OwnedFileDescriptor?
     private let stopFlag = Atomic<Bool>(false)
     private let configChangePending = Atomic<Bool>(false)
+    /// Chains the driver has made available and the engine has not consumed, per queue, as of the
+    /// loop's last turn (for an event queue: the buffers the guest has posted).
+    private let available: Mutex<[Int]>
 
     // The connection being served.
     var connection: FileDescriptor?
@@ -58,6 +63,17 @@ public final class VhostUserBackend {
         self.loop = try EventLoop()
         self.queues = (0..<device.queueCount).map { Virtqueue(index: $0) }
         self.offeredFeatures = (device.deviceFeatures & ~TransportFeatures.reservedMask) | TransportFeatures.all
+        self.available = Mutex([Int](repeating: 0, count: device.queueCount))
+    }
+
+    /// Chains available on `queue` and not yet consumed; safe from any thread.
+    public func availableChains(queue: Int) -> Int {
+        available.withLock { queue < $0.count ? $0[queue] : 0 }
+    }
+
+    private func publishAvailableCounts() {
+        let counts = queues.map { $0.started && !$0.isBroken ? ((try? $0.pendingCount()) ?? 0) : 0 }
+        available.withLock { $0 = counts }
     }
 
     /// Wakes the loop from any thread (for example after the device queued an event).
@@ -128,6 +144,7 @@ public final class VhostUserBackend {
                 if disconnectRequested { return .disconnected }
             }
             serviceOnDemandQueues()
+            publishAvailableCounts()
             if configChangePending.exchange(false, ordering: .acquiringAndReleasing) { sendConfigChange() }
         }
     }

@@ -18,7 +18,7 @@ public enum ListenError: Error, Hashable, CustomStringConvertible {
 /// A listening UNIX socket, created with mode 0600. A stale socket file (nobody listening) is
 /// replaced; a live one or a non-socket file is left alone and reported.
 public struct Listener: ~Copyable {
-    let socket: OwnedFileDescriptor
+    public let socket: OwnedFileDescriptor
     public let path: String
 
     public init(path: String) throws(ListenError) {

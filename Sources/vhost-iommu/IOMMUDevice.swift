@@ -1,0 +1,69 @@
+import Synchronization
+import VhostUser
+import VirtioIOMMU
+
+/// The virtio-iommu model served as a vhost-user device: queue 0 takes requests, queue 1 carries
+/// fault events. The model sits behind one lock, shared by the event loop and the control socket.
+final class IOMMUDevice: VhostUserDevice, Sendable {
+    static let requestQueue = 0
+    static let eventQueue = 1
+
+    let model: Mutex<Device>
+    private let configuration: Configuration
+    /// Set once the engine exists, so that faults raised off the loop thread wake it.
+    let waker = Mutex<Waker?>(nil)
+
+    init(configuration: Configuration) throws(ConfigurationError) {
+        self.configuration = configuration
+        model = Mutex(try Device(configuration: configuration))
+    }
+
+    var deviceFeatures: UInt64 { configuration.features.rawValue }
+    var queueCount: Int { 2 }
+    var maxQueueSize: Int { 1024 }
+
+    func readConfig() -> [UInt8] { model.withLock { $0.configSpace.bytes } }
+
+    /// QEMU's generic device sends the whole config on each write. Read-only bytes must be unchanged;
+    /// with the migration flag they may differ and only `bypass` is taken.
+    func writeConfig(offset: Int, bytes: [UInt8], migration: Bool) -> Bool {
+        model.withLock { device in
+            if migration {
+                let at = ConfigSpace.bypassOffset - offset
+                guard at >= 0, at < bytes.count else { return true }
+                return (try? device.writeConfig(offset: ConfigSpace.bypassOffset, bytes: [bytes[at]])) != nil
+            }
+            return (try? device.writeConfig(offset: offset, bytes: bytes)) != nil
+        }
+    }
+
+    func setNegotiatedFeatures(_ features: UInt64) {
+        model.withLock { $0.negotiate(Features(rawValue: features)) }
+    }
+
+    func mode(ofQueue queue: Int) -> QueueMode { queue == Self.requestQueue ? .onKick : .onDemand }
+
+    func hasPendingWork(queue: Int) -> Bool {
+        queue == Self.eventQueue && model.withLock { $0.pendingFaultCount > 0 }
+    }
+
+    func process(queue: Int, readable: ChainReadable, writable: ChainWritable) -> Int {
+        model.withLock { device in
+            if queue == Self.requestQueue { return device.handle(readable: readable, writable: writable) }
+            return device.deliverFault(into: writable) ?? 0
+        }
+    }
+
+    func reset() { model.withLock { $0.reset() } }
+
+    /// Translates for a consumer; a fault is queued for the guest and the loop is woken to deliver it.
+    func translate(endpoint: UInt32, iova: UInt64, length: UInt64, access: Access) -> Result<[Segment], TranslationError> {
+        let result = model.withLock { device in
+            Result { () throws(TranslationError) -> [Segment] in
+                try device.translate(endpoint: endpoint, iova: iova, length: length, access: access)
+            }
+        }
+        if case .failure(.fault) = result { waker.withLock { $0?.wake() } }
+        return result
+    }
+}

@@ -1,0 +1,143 @@
+import ArgumentParser
+import Glibc
+import Logging
+import SystemPackage
+import VhostUser
+import VirtioIOMMU
+
+/// Serves the virtio-iommu device on a vhost-user socket (QEMU's back-end program conventions).
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve the device (the default command).")
+
+    @Option(help: "Listen for the front-end on this UNIX socket path.")
+    var socketPath: String?
+
+    @Option(help: "Use this already-connected socket descriptor.")
+    var fd: Int32?
+
+    @Flag(help: "Print the back-end's capabilities as JSON and exit.")
+    var printCapabilities = false
+
+    @Option(name: .customLong("endpoint"),
+            help: "Endpoint IDs: a number or range, then regions: IDS[,msi=A-B][,reserved=A-B] or IDS,msi=none. Repeatable. Default: 0-0xffff with the x86 MSI window.")
+    var endpoints: [EndpointSpecification] = []
+
+    @Option(help: "page_size_mask; its lowest set bit is the granule.")
+    var pageSizeMask: NumberArgument = NumberArgument(argument: "0xfffffffffffff000")!
+
+    @Option(help: "Usable IOVA range START-END (inclusive).")
+    var inputRange: RangeArgument = RangeArgument(argument: "0-0xffffffffffffffff")!
+
+    @Option(help: "Usable domain IDs START-END (inclusive).")
+    var domainRange: RangeArgument = RangeArgument(argument: "0-0xffffffff")!
+
+    @Option(help: "Bytes of PROBE properties.")
+    var probeSize: UInt32 = 512
+
+    @Option(help: "Whether unattached endpoints bypass the IOMMU after power-on (on/off).")
+    var bypass: Toggle = .on
+
+    @Option(help: "Maximum number of domains.")
+    var maxDomains: Int = Limits().maxDomains
+
+    @Option(help: "Maximum mappings in one domain.")
+    var maxMappingsPerDomain: Int = Limits().maxMappingsPerDomain
+
+    @Option(help: "Maximum mappings in all domains.")
+    var maxMappings: Int = Limits().maxMappingsTotal
+
+    @Option(help: "Fault events held while the guest posts no event buffer.")
+    var maxPendingFaults: Int = Limits().maxPendingFaults
+
+    @Option(help: "Serve control requests (JSON lines) on this UNIX socket path (mode 0600).")
+    var controlSocket: String?
+
+    @Flag(help: "After the front-end disconnects, wait for the next one instead of exiting.")
+    var reconnect = false
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: Logger.Level = .info
+
+    enum Toggle: String, ExpressibleByArgument, Sendable { case on, off }
+
+    mutating func validate() throws {
+        if printCapabilities { return }
+        guard (socketPath == nil) != (fd == nil) else {
+            throw ValidationError("exactly one of --socket-path and --fd is required")
+        }
+        if let fd, fd < 0 { throw ValidationError("--fd must be a descriptor number") }
+        if endpoints.contains(where: { Int($0.last - $0.first) >= EndpointSpecification.maxCount }) {
+            throw ValidationError("an --endpoint range names more than \(EndpointSpecification.maxCount) endpoints")
+        }
+        _ = try deviceConfiguration()
+    }
+
+    func deviceConfiguration() throws -> Configuration {
+        var map: [UInt32: [ReservedRegion]] = [:]
+        for spec in endpoints.isEmpty ? [.everyRequesterID] : endpoints {
+            for id in spec.first...spec.last { map[id] = spec.regions }
+        }
+        guard let input = IOVARange(first: inputRange.first, last: inputRange.last),
+              domainRange.last <= UInt64(UInt32.max) else {
+            throw ValidationError("bad --input-range or --domain-range")
+        }
+        let configuration = Configuration(
+            endpoints: map, pageSizeMask: pageSizeMask.value, inputRange: input,
+            domainRange: UInt32(domainRange.first)...UInt32(domainRange.last), probeSize: probeSize,
+            bypass: bypass == .on, features: .standard,
+            limits: Limits(maxDomains: maxDomains, maxMappingsPerDomain: maxMappingsPerDomain,
+                           maxMappingsTotal: maxMappings, maxPendingFaults: maxPendingFaults))
+        do {
+            try configuration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        return configuration
+    }
+
+    func run() throws {
+        if printCapabilities {
+            print(#"{"type": "iommu", "features": []}"#)
+            return
+        }
+        Signals.blockInThisProcess()
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "vhost-iommu")
+        let device = try IOMMUDevice(configuration: deviceConfiguration())
+        let backend = try VhostUserBackend(device: device, logger: Logger(label: "vhost-user"))
+        device.waker.withLock { $0 = backend.waker }
+        let control = try controlSocket.map { try ControlServer(path: $0, device: device, logger: logger) }
+        control?.backendCounters.withLock { $0 = { backend.availableChains(queue: IOMMUDevice.eventQueue) } }
+        let stop = Signals.handle(
+            stop: { backend.requestStop(); control?.stop() },
+            report: { Statistics.log(device, logger: logger) })
+        defer { stop() }
+        try serve(backend, logger: logger)
+        control?.stop()
+        Statistics.log(device, logger: logger)
+    }
+
+    private func serve(_ backend: VhostUserBackend, logger: Logger) throws {
+        if let fd {
+            logger.info("serving the front-end on descriptor \(fd)")
+            _ = try backend.serve(connection: FileDescriptor(rawValue: fd))
+            return
+        }
+        let listener = try Listener(path: socketPath!)
+        logger.info("listening on \(listener.path)")
+        while let connection = try backend.accept(listener) {
+            logger.info("front-end connected")
+            let outcome = try backend.serve(connection: connection)
+            if outcome == .stopped || !reconnect { break }
+            logger.info("waiting for the next front-end")
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+

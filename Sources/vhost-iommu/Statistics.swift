@@ -1,0 +1,48 @@
+import Logging
+import VirtioIOMMU
+
+/// The counters the daemon logs on SIGUSR1 and at exit, and reports on the control socket.
+struct Statistics: Codable, Sendable {
+    struct RequestCount: Codable, Sendable {
+        var type: String
+        var status: String
+        var count: Int
+    }
+
+    var requests: [RequestCount]
+    var unanswered: Int
+    var domains: Int
+    var mappings: Int
+    var faultsRaised: Int
+    var faultsDelivered: Int
+    var faultsPending: Int
+    var faultsDropped: Int
+    var eventBuffersPosted = 0
+
+    init(_ device: Device) {
+        let counters = device.counters
+        requests = RequestType.allCases.flatMap { type in
+            Status.allCases.compactMap { status in
+                let n = counters.count(type, status)
+                return n == 0 ? nil : RequestCount(type: "\(type)", status: "\(status)", count: n)
+            }
+        }
+        unanswered = counters.unanswered
+        domains = device.domains.count
+        mappings = device.mappingCount
+        faultsRaised = counters.faultsRaised
+        faultsDelivered = counters.faultsDelivered
+        faultsPending = device.pendingFaultCount
+        faultsDropped = device.droppedFaultCount
+    }
+
+    static func log(_ device: IOMMUDevice, logger: Logger) {
+        let s = device.model.withLock { Statistics($0) }
+        let requests = s.requests.map { "\($0.type)/\($0.status)=\($0.count)" }.joined(separator: " ")
+        logger.info("""
+            counters: requests [\(requests.isEmpty ? "none" : requests)] unanswered=\(s.unanswered) \
+            domains=\(s.domains) mappings=\(s.mappings) faults raised=\(s.faultsRaised) \
+            delivered=\(s.faultsDelivered) pending=\(s.faultsPending) dropped=\(s.faultsDropped)
+            """)
+    }
+}
