@@ -44,6 +44,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // End-to-end tests: start the real daemon and drive it over real sockets and shared memory.
+        .testTarget(name: "VhostIOMMUTests", dependencies: [
+            "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport",
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -98,7 +98,7 @@ import VhostUserTestSupport
             #expect(stat(path, &info) == 0)
             #expect(info.st_mode & 0o777 == 0o600)
             #expect(info.st_mode & S_IFMT == S_IFSOCK)
-            #expect(throws: ListenError.pathInUse(path)) { try Listener(path: path) }
+            #expect(throws: ListenError.pathInUse(path)) { _ = try Listener(path: path) }
             _ = listener
         }
         // The listener removed its file; a stale socket file (nobody listening) is replaced.
@@ -110,7 +110,7 @@ import VhostUserTestSupport
         // A regular file is not a socket: left alone.
         let file = open(path, O_CREAT | O_WRONLY, 0o600)
         close(file)
-        #expect(throws: ListenError.notASocket(path)) { try Listener(path: path) }
+        #expect(throws: ListenError.notASocket(path)) { _ = try Listener(path: path) }
     }
 
     // The whole path: listen on a socket file, accept, serve a device end to end, disconnect.
