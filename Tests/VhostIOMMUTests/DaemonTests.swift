@@ -1,3 +1,4 @@
+import SystemPackage
 import Foundation
 import Glibc
 import Testing
@@ -191,5 +192,35 @@ import VirtioIOMMU
         #expect(daemon.terminate() == 0)
         #expect(access(daemon.socketPath, F_OK) != 0)
         #expect(access(daemon.controlPath, F_OK) != 0)
+    }
+}
+
+/// `--fd`: the front-end hands over an already-connected socket (QEMU's back-end program conventions).
+@Suite struct DescriptorHandoverTests {
+    @Test func servesAnInheritedSocket() throws {
+        let (ours, theirs) = try SystemCall.socketPair()
+        let frontend = TestFrontend(socket: OwnedFileDescriptor(ours))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, theirs.rawValue, 3)  // dup2 clears close-on-exec
+        let arguments = [Daemon.executable.path, "--fd", "3", "--log-level", "error"]
+        var argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        #expect(posix_spawn(&pid, Daemon.executable.path, &actions, nil, &argv, environ) == 0)
+        close(theirs.rawValue)
+        let memory = try SharedMemory(size: 1 << 20)
+        let queues = try (0..<2).map { try DriverQueue(memory: memory, index: $0, size: 64) }
+        let offered = try frontend.initialize(queues: queues)
+        try frontend.start(features: offered & ~(UInt64(1) << 33), memory: [memory], queues: queues)
+        let head = queues[0].add(readable: [AttachRequest(domain: 1, endpoint: 8).encoded], writable: [4])
+        queues[0].kickNow()
+        #expect(queues[0].waitForUsed(1).first?.length == 4)
+        #expect(queues[0].reply(of: head)[0] == Status.ok.rawValue)
+        frontend.disconnect()
+        var status: Int32 = 0
+        #expect(waitpid(pid, &status, 0) == pid)
+        #expect(status == 0)  // exited normally with 0 after the front-end left
     }
 }
