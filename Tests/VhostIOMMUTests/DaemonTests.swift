@@ -52,6 +52,18 @@ import VirtioIOMMU
         #expect(config?.probeSize == 512)
         #expect(config?.bypass == 1)
         #expect(try frontend.getU64(.getQueueNum) == 2)
+        // §5.13.4.1: only bypass is writable, once BYPASS_CONFIG is negotiated; QEMU sends the whole space.
+        try frontend.start(features: features, memory: [memory], queues: queues)
+        var bytes = config!.bytes
+        bytes[36] = 0
+        #expect(try frontend.setConfig(bytes))
+        #expect(ConfigSpace(bytes: try frontend.getConfig(size: 40))?.bypass == 0)
+        bytes[0] = 0xff
+        #expect(try frontend.setConfig(bytes) == false)  // page_size_mask is read-only
+        bytes[0] = 0
+        bytes[36] = 2
+        #expect(try frontend.setConfig(bytes) == false)  // D6: only 0 or 1
+        #expect(ConfigSpace(bytes: try frontend.getConfig(size: 40))?.bypass == 0)
     }
 
     // Every request type, good and bad (virtio 1.4 §5.13.6).
