@@ -18,7 +18,7 @@ final class ControlServer: @unchecked Sendable {
     private let logger: Logger
     private let wake: OwnedFileDescriptor
     private let stopped = Atomic<Bool>(false)
-    private var thread = pthread_t()
+    private var thread: OSThread?
     /// Set by the daemon so that stats can include the event buffers the guest has posted.
     let backendCounters = Mutex<(@Sendable () -> Int)?>(nil)
 
@@ -28,19 +28,14 @@ final class ControlServer: @unchecked Sendable {
         self.logger = logger
         wake = OwnedFileDescriptor(try SystemCall.eventFD())
         try SystemCall.setNonBlocking(listener.socketDescriptor)
-        let me = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { raw in
-            let me = Unmanaged<ControlServer>.fromOpaque(raw!).takeRetainedValue()
-            me.run()
-            return nil
-        }, me)
+        thread = OSThread { [self] in run() }
         logger.info("control socket on \(path)")
     }
 
     func stop() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         SystemCall.signal(wake.descriptor)
-        pthread_join(thread, nil)
+        thread?.join()
     }
 
     private struct Client {

@@ -1,4 +1,5 @@
 import Glibc
+import VhostUser
 
 /// SIGINT/SIGTERM stop the daemon cleanly; SIGUSR1 logs the counters. The signals are blocked in
 /// every thread and taken synchronously by one thread with `sigwait`, so no handler runs in a
@@ -30,19 +31,14 @@ enum Signals {
 }
 
 private final class SignalThread: @unchecked Sendable {
-    private var thread = pthread_t()
+    private var thread: OSThread?
     private let stop: @Sendable () -> Void
     private let report: @Sendable () -> Void
 
     init(stop: @escaping @Sendable () -> Void, report: @escaping @Sendable () -> Void) {
         self.stop = stop
         self.report = report
-        let me = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { raw in
-            let me = Unmanaged<SignalThread>.fromOpaque(raw!).takeRetainedValue()
-            me.loop()
-            return nil
-        }, me)
+        thread = OSThread { [self] in loop() }
     }
 
     private func loop() {
@@ -58,7 +54,8 @@ private final class SignalThread: @unchecked Sendable {
     }
 
     func finish() {
-        pthread_kill(thread, Signals.quitSignal)
-        pthread_join(thread, nil)
+        // Every thread blocks the signal, so the one in sigwait takes it.
+        kill(getpid(), Signals.quitSignal)
+        thread?.join()
     }
 }

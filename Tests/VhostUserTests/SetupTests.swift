@@ -121,7 +121,7 @@ import VhostUserTestSupport
         let box = UncheckedBox(value: (backend, path))
         let outcomes = UncheckedBox(value: OutcomeList())
         let ready = UncheckedBox(value: Semaphore())
-        let thread = BackgroundThread {
+        let thread = OSThread {
             guard let listener = try? Listener(path: box.value.1) else { ready.value.signal(); return }
             ready.value.signal()
             // Serve two front-ends one after the other, as --reconnect does.

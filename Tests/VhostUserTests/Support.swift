@@ -71,7 +71,7 @@ final class Harness {
     let frontend: TestFrontend
     let memory: SharedMemory
     let queues: [DriverQueue]
-    private let thread: BackgroundThread
+    private let thread: OSThread
     private final class OutcomeBox: Sendable { let value = Mutex<VhostUserBackend.Outcome?>(nil) }
     private let result = OutcomeBox()
     private var finished = false
@@ -86,7 +86,7 @@ final class Harness {
         self.memory = memory
         queues = try (0..<2).map { try DriverQueue(memory: memory, index: $0, size: queueSize) }
         let box = UncheckedBox(value: (backend, backendEnd, result))
-        thread = BackgroundThread {
+        thread = OSThread {
             let outcome = try? box.value.0.serve(connection: box.value.1)
             box.value.2.value.withLock { $0 = outcome }
         }

@@ -1,7 +1,9 @@
 import Glibc
 
-/// Runs a closure on its own POSIX thread (the back-end's event loop in tests and benchmarks).
-public final class BackgroundThread: @unchecked Sendable {
+/// Runs a closure on its own POSIX thread: the control socket, the signal thread, and the event
+/// loop in tests and benchmarks. Dispatch and Swift concurrency are not used, so that each long-lived
+/// loop owns a thread of its own.
+public final class OSThread: @unchecked Sendable {
     private var thread: pthread_t
     private final class Box { let body: () -> Void; init(_ body: @escaping () -> Void) { self.body = body } }
 
