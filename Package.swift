@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .library(name: "VirtioIOMMU", targets: ["VirtioIOMMU"]),
         .library(name: "VhostUser", targets: ["VhostUser"]),
+        .library(name: "PASIDStore", targets: ["PASIDStore"]),
         .executable(name: "vhost-iommu", targets: ["vhost-iommu"]),
     ],
     dependencies: [
@@ -20,6 +21,10 @@ let package = Package(
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
         .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU"]),
+        // The host-wide PASID allocator: SQLite (the system libsqlite3) and in-memory stores.
+        .systemLibrary(name: "CSQLite"),
+        .target(name: "PASIDStore", dependencies: ["CSQLite"]),
+        .testTarget(name: "PASIDStoreTests", dependencies: ["PASIDStore"]),
         // Thin C helpers for epoll, eventfd, memfd, CMSG and ring-index atomics.
         .target(name: "CVhostUser"),
         // Device-agnostic vhost-user back-end engine.
