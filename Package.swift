@@ -18,9 +18,10 @@ let package = Package(
     targets: [
         // Device model: wire format, domains, mappings, translation. No system calls.
         .target(name: "VirtioIOMMU", dependencies: [
+            "PASIDStore",
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
-        .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU"]),
+        .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU", "PASIDStore"]),
         // The host-wide PASID allocator: SQLite (the system libsqlite3) and in-memory stores.
         .systemLibrary(name: "CSQLite"),
         .target(name: "PASIDStore", dependencies: ["CSQLite"]),

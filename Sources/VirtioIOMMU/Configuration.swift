@@ -30,6 +30,8 @@ public struct Configuration: Sendable {
     /// Device feature bits offered to the driver.
     public var features: Features
     public var limits: Limits
+    /// PASID width of each endpoint that supports PASIDs (PASID extension); absent means 0, none.
+    public var pasidWidths: [UInt32: Int] = [:]
 
     public init(endpoints: [UInt32: [ReservedRegion]],
                 pageSizeMask: UInt64 = ~0xfff,
@@ -75,9 +77,14 @@ public struct Configuration: Sendable {
                     throw .overlappingRegions(endpoint: endpoint)  // D44
                 }
             }
-            if features.contains(.probe) && regions.count * ResvMemProperty.size > Int(probeSize) {
-                throw .probeSizeTooSmall(endpoint: endpoint, needed: regions.count * ResvMemProperty.size)
+            let pasidProperty = features.contains(.pasid) && (pasidWidths[endpoint] ?? 0) > 0 ? PASIDProperty.size : 0
+            let needed = regions.count * ResvMemProperty.size + pasidProperty
+            if features.contains(.probe) && needed > Int(probeSize) {
+                throw .probeSizeTooSmall(endpoint: endpoint, needed: needed)
             }
+        }
+        for (endpoint, width) in pasidWidths {
+            guard endpoints[endpoint] != nil, (0...20).contains(width) else { throw .invalidPASIDWidth(endpoint: endpoint) }
         }
     }
 }
@@ -94,6 +101,8 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible {
     case multipleMSIRegions(endpoint: UInt32)
     case overlappingRegions(endpoint: UInt32)
     case probeSizeTooSmall(endpoint: UInt32, needed: Int)
+    case invalidPASIDWidth(endpoint: UInt32)
+    case pasidWithoutStore
 
     public var description: String {
         switch self {
@@ -107,6 +116,8 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible {
         case .multipleMSIRegions(let endpoint): "endpoint \(endpoint) has more than one MSI region"
         case .overlappingRegions(let endpoint): "endpoint \(endpoint) has overlapping reserved regions"
         case .probeSizeTooSmall(let endpoint, let needed): "probe_size too small for endpoint \(endpoint): needs \(needed) bytes"
+        case .invalidPASIDWidth(let endpoint): "PASID width of endpoint \(endpoint) must be 0...20, for a configured endpoint"
+        case .pasidWithoutStore: "F_PASID needs a PASID store"
         }
     }
 }

@@ -1,3 +1,5 @@
+import PASIDStore
+
 /// The virtio-iommu device model (virtio 1.4 §5.13): requests in, replies and faults out.
 ///
 /// A value type with no system calls: the transport hands it descriptor-chain views and tells it the
@@ -14,19 +16,28 @@ public struct Device: Sendable {
     public internal(set) var mappingCount = 0
     public internal(set) var counters = Counters()
     var faults: FaultQueue
+    /// The host-wide PASID allocator and this VM's name in it (PASID extension).
+    let pasidStore: (any PASIDAllocator)?
+    public let owner: String
+    /// PASIDs this VM holds, allocated through this device.
+    public internal(set) var heldPASIDs: Set<PASID> = []
 
     /// The largest readable snapshot a request needs (PROBE: 72 bytes).
     public static let maxRequestSize = 72
 
-    public init(configuration: Configuration) throws(ConfigurationError) {
+    public init(configuration: Configuration, pasidStore: (any PASIDAllocator)? = nil, owner: String = "")
+        throws(ConfigurationError) {
         try configuration.validate()
+        if configuration.features.contains(.pasid) && pasidStore == nil { throw .pasidWithoutStore }
+        self.pasidStore = pasidStore
+        self.owner = owner
         self.configuration = configuration
         self.bypass = configuration.bypass
         self.faults = FaultQueue(capacity: configuration.limits.maxPendingFaults)
         var endpoints: [Endpoint.ID: Endpoint] = [:]
         endpoints.reserveCapacity(configuration.endpoints.count)
         for (id, regions) in configuration.endpoints {
-            endpoints[id] = Endpoint(id: id, reservedRegions: regions)
+            endpoints[id] = Endpoint(id: id, reservedRegions: regions, pasidBits: configuration.pasidWidths[id] ?? 0)
         }
         self.endpoints = endpoints
     }
@@ -85,12 +96,20 @@ public struct Device: Sendable {
     // MARK: Reset
 
     /// Device reset: no endpoint stays attached, no domain or mapping survives, pending faults are
-    /// dropped. `bypass` keeps its value (D5), and the negotiated features belong to the transport.
+    /// dropped, and this VM's PASIDs go back to the store. `bypass` keeps its value (D5), and the
+    /// negotiated features belong to the transport.
     public mutating func reset() {
         domains.removeAll()
-        for id in endpoints.keys { endpoints[id]!.domain = nil }
+        for id in endpoints.keys where endpoints[id]!.domain != nil || !endpoints[id]!.auxDomains.isEmpty {
+            endpoints[id]!.domain = nil
+            endpoints[id]!.auxDomains.removeAll()
+        }
         mappingCount = 0
         faults.removeAll()
+        if !heldPASIDs.isEmpty, let pasidStore {
+            _ = try? pasidStore.releaseAll(owner: owner)
+            heldPASIDs.removeAll()
+        }
     }
 
     // MARK: Requests
@@ -125,6 +144,10 @@ public struct Device: Sendable {
                 case .map: status = execute(MapRequest(body))
                 case .unmap: status = execute(UnmapRequest(body))
                 case .probe: (status, written) = execute(ProbeRequest(body), writable: writable, room: tailOffset)
+                case .attachPASID: status = executeAttach(PASIDAttachmentRequest(body))
+                case .detachPASID: status = executeDetach(PASIDAttachmentRequest(body))
+                case .allocPASID: (status, written) = execute(AllocPASIDRequest(body), writable: writable, room: tailOffset)
+                case .freePASID: status = execute(FreePASIDRequest(body))
                 }
             }
             counters.record(type, status)
@@ -141,6 +164,7 @@ public struct Device: Sendable {
         case .attach, .detach: true
         case .map, .unmap: negotiatedFeatures.contains(.mapUnmap)
         case .probe: negotiatedFeatures.contains(.probe)  // D36
+        case .attachPASID, .detachPASID, .allocPASID, .freePASID: negotiatedFeatures.contains(.pasid)
         }
     }
 
@@ -154,6 +178,8 @@ public struct Device: Sendable {
         if negotiatedFeatures.contains(.domainRange) && !configuration.domainRange.contains(request.domain) {
             return .range
         }
+        // While aux domains hang off the endpoint, its primary cannot move (aux users go first).
+        if !endpoint.auxDomains.isEmpty && endpoint.domain != request.domain { return .unsupported }
         let wantsBypass = request.flags & AttachRequest.flagBypass != 0
         if let existing = domains[request.domain] {
             guard existing.isBypass == wantsBypass else { return .invalid }  // D15
@@ -180,6 +206,7 @@ public struct Device: Sendable {
     public mutating func execute(_ request: DetachRequest) -> Status {
         guard let endpoint = endpoints[request.endpoint] else { return .noEntry }  // D20
         guard endpoint.domain == request.domain, domains[request.domain] != nil else { return .invalid }  // D21
+        guard endpoint.auxDomains.isEmpty else { return .invalid }  // PASID extension: aux users go first
         detach(endpoint: endpoint.id, from: request.domain)  // D22
         return .ok
     }
@@ -224,7 +251,12 @@ public struct Device: Sendable {
     mutating func execute(_ request: ProbeRequest, writable: WritableParts, room: Int) -> (Status, Int) {
         guard let endpoint = endpoints[request.endpoint] else { return (.noEntry, 0) }  // D35
         guard room >= Int(configuration.probeSize) else { return (.invalid, 0) }  // D40
-        let properties = probeProperties(of: endpoint)
+        var properties = probeProperties(of: endpoint)
+        if negotiatedFeatures.contains(.pasid) && endpoint.pasidBits > 0 {
+            let offset = properties.count
+            properties += [UInt8](repeating: 0, count: PASIDProperty.size)
+            properties.withUnsafeMutableBytes { PASIDProperty.write(bits: endpoint.pasidBits, into: $0, at: offset) }
+        }
         properties.withUnsafeBytes { writable.scatter($0, at: 0) }
         return (.ok, properties.count)
     }
@@ -245,14 +277,17 @@ public struct Device: Sendable {
     /// Removes an endpoint from a domain; the domain and its mappings go with its last endpoint.
     mutating func detach(endpoint id: Endpoint.ID, from domainID: Domain.ID) {
         endpoints[id]?.domain = nil
-        guard let domain = domains[domainID] else { return }
-        if domain.endpoints.count <= 1 {
-            mappingCount -= domain.mappings.count
-            domains[domainID] = nil
-        } else {
-            domains[domainID]!.endpoints.removeAll { $0 == id }
-            refreshReservedRanges(of: domainID)
-        }
+        guard domains[domainID] != nil else { return }
+        domains[domainID]!.endpoints.removeAll { $0 == id }
+        refreshReservedRanges(of: domainID)
+        dropIfUnheld(domainID)
+    }
+
+    /// Removes a domain, and its mappings, once no primary or aux attachment holds it.
+    mutating func dropIfUnheld(_ domainID: Domain.ID) {
+        guard let domain = domains[domainID], !domain.isHeld else { return }
+        mappingCount -= domain.mappings.count
+        domains[domainID] = nil
     }
 
     private mutating func refreshReservedRanges(of domainID: Domain.ID) {

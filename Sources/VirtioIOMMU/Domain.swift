@@ -1,3 +1,5 @@
+import PASIDStore
+
 /// A domain: an address space shared by the endpoints attached to it.
 public struct Domain: Sendable {
     public typealias ID = UInt32
@@ -5,8 +7,11 @@ public struct Domain: Sendable {
     public let id: ID
     /// Created by ATTACH with `ATTACH_F_BYPASS`: identity translation, and MAP/UNMAP are refused.
     public let isBypass: Bool
-    /// Attached endpoints, in attach order.
+    /// Endpoints attached with this as their primary domain, in attach order.
     public internal(set) var endpoints: [Endpoint.ID] = []
+    /// Endpoints attached with this as an aux domain (PASID extension), and its one system-wide PASID.
+    public internal(set) var auxEndpoints: [Endpoint.ID] = []
+    public internal(set) var auxPASID: PASID?
     /// The union of the attached endpoints' reserved regions, which MAP may not overlap (D45).
     public internal(set) var reservedRanges: [IOVARange] = []
     public internal(set) var mappings = MappingTable()
@@ -15,6 +20,9 @@ public struct Domain: Sendable {
         self.id = id
         self.isBypass = isBypass
     }
+
+    /// A domain lives while any primary or aux attachment holds it.
+    var isHeld: Bool { !endpoints.isEmpty || !auxEndpoints.isEmpty }
 
     func overlapsReservedRange(_ range: IOVARange) -> Bool {
         reservedRanges.contains { $0.overlaps(range) }
@@ -27,11 +35,18 @@ public struct Endpoint: Sendable {
 
     public let id: ID
     public let reservedRegions: [ReservedRegion]
-    /// The domain the endpoint is attached to, if any.
+    /// PASID width the endpoint supports (0: none), from the configuration.
+    public let pasidBits: Int
+    /// The primary domain: traffic without a PASID.
     public internal(set) var domain: Domain.ID?
+    /// Aux domains, one per PASID.
+    public internal(set) var auxDomains: [PASID: Domain.ID] = [:]
 
-    init(id: ID, reservedRegions: [ReservedRegion]) {
+    init(id: ID, reservedRegions: [ReservedRegion], pasidBits: Int = 0) {
         self.id = id
-        self.reservedRegions = reservedRegions.sorted { $0.range.first < $1.range.first }
+        // Keep the caller's array (often shared by many endpoints) when it is already in order.
+        let sorted = zip(reservedRegions, reservedRegions.dropFirst()).allSatisfy { $0.range.first <= $1.range.first }
+        self.reservedRegions = sorted ? reservedRegions : reservedRegions.sorted { $0.range.first < $1.range.first }
+        self.pasidBits = pasidBits
     }
 }

@@ -23,6 +23,8 @@ public struct Fault: Hashable, Sendable, CustomStringConvertible {
         public static let write = Flags(rawValue: 1 << 1)
         public static let exec = Flags(rawValue: 1 << 2)
         public static let address = Flags(rawValue: 1 << 8)
+        /// The PASID extension: `pasid` (the spec's reserved1) is valid.
+        public static let pasid = Flags(rawValue: 1 << 9)
     }
 
     public static let eventSize = 24
@@ -31,12 +33,15 @@ public struct Fault: Hashable, Sendable, CustomStringConvertible {
     public var flags: Flags
     public var endpoint: UInt32
     public var address: UInt64
+    /// The PASID of the faulting traffic; reported only with F_PASID negotiated (else reserved1 = 0, D47).
+    public var pasid: UInt32?
 
-    public init(reason: Reason, flags: Flags, endpoint: UInt32, address: UInt64) {
+    public init(reason: Reason, flags: Flags, endpoint: UInt32, address: UInt64, pasid: UInt32? = nil) {
         self.reason = reason
-        self.flags = flags
+        self.flags = pasid == nil ? flags.subtracting(.pasid) : flags.union(.pasid)
         self.endpoint = endpoint
         self.address = address
+        self.pasid = pasid
     }
 
     /// Writes the 24-byte record; reserved fields are zero (D47) and only defined flags are set (D48).
@@ -45,7 +50,7 @@ public struct Fault: Hashable, Sendable, CustomStringConvertible {
         buffer.storeLE(UInt32(reason.rawValue), at: 0)
         buffer.storeLE(flags.rawValue, at: 4)
         buffer.storeLE(endpoint, at: 8)
-        buffer.storeLE(UInt32(0), at: 12)
+        buffer.storeLE(pasid ?? 0, at: 12)
         buffer.storeLE(address, at: 16)
     }
 
@@ -59,14 +64,16 @@ public struct Fault: Hashable, Sendable, CustomStringConvertible {
     public init?(event bytes: [UInt8]) {
         guard bytes.count >= Self.eventSize, bytes[1] == 0, bytes[2] == 0, bytes[3] == 0,
               let reason = Reason(rawValue: bytes[0]) else { return nil }
-        self.init(reason: reason, flags: Flags(rawValue: bytes.le(UInt32.self, at: 4)),
-                  endpoint: bytes.le(UInt32.self, at: 8), address: bytes.le(UInt64.self, at: 16))
+        let flags = Flags(rawValue: bytes.le(UInt32.self, at: 4))
+        self.init(reason: reason, flags: flags, endpoint: bytes.le(UInt32.self, at: 8), address: bytes.le(UInt64.self, at: 16),
+                  pasid: flags.contains(.pasid) ? bytes.le(UInt32.self, at: 12) : nil)
     }
 
     public var description: String {
         var access = ""
         if flags.contains(.read) { access += "R" }
         if flags.contains(.write) { access += "W" }
-        return "\(reason) fault from endpoint \(endpoint) at 0x\(String(address, radix: 16)) \(access)"
+        let tag = pasid.map { " pasid \($0)" } ?? ""
+        return "\(reason) fault from endpoint \(endpoint)\(tag) at 0x\(String(address, radix: 16)) \(access)"
     }
 }

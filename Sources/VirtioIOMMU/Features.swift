@@ -11,9 +11,11 @@ public struct Features: OptionSet, Sendable, Hashable {
     public static let probe = Features(rawValue: 1 << 4)
     public static let mmio = Features(rawValue: 1 << 5)
     public static let bypassConfig = Features(rawValue: 1 << 6)
+    /// VIRTIO_IOMMU_F_PASID: aux domains and the paravirtual PASID allocator (docs/pasid-extension.md).
+    public static let pasid = Features(rawValue: 1 << 63)
 
     /// Every bit this model implements.
-    public static let all: Features = [.inputRange, .domainRange, .mapUnmap, .bypass, .probe, .mmio, .bypassConfig]
+    public static let all: Features = [.inputRange, .domainRange, .mapUnmap, .bypass, .probe, .mmio, .bypassConfig, .pasid]
     /// What a new device offers by default: all but legacy bypass (D2, D3).
     public static let standard: Features = [.inputRange, .domainRange, .mapUnmap, .probe, .mmio, .bypassConfig]
 }

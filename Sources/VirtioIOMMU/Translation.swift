@@ -38,30 +38,44 @@ extension Device {
     /// Bypass gives the identity. An attached endpoint needs a mapping with the permission for every
     /// byte (D28: no write without WRITE; reads need READ); the MSI window of the endpoint is
     /// translated 1:1. A denied access is queued as a fault for the event queue and thrown.
-    public mutating func translate(endpoint id: Endpoint.ID, iova: UInt64, length: UInt64,
+    ///
+    /// With a `pasid`, the traffic resolves through the endpoint's aux domain for that PASID; without
+    /// one, a fault with reason DOMAIN (PASID extension, rule 7).
+    public mutating func translate(endpoint id: Endpoint.ID, pasid: UInt32? = nil, iova: UInt64, length: UInt64,
                                    access: Access) throws(TranslationError) -> [Segment] {
         guard let endpoint = endpoints[id] else { throw .unknownEndpoint(id) }
         guard let range = IOVARange(start: iova, length: length) else { throw .invalidRange }
-        let identity = [Segment(address: iova, length: length)]
-        guard let domainID = endpoint.domain, let domain = domains[domainID] else {
-            if unattachedEndpointsBypass { return identity }
-            throw .fault(raise(.domain, access: access, endpoint: id, address: iova))  // D10
-        }
-        if domain.isBypass { return identity }
-        if endpoint.reservedRegions.contains(where: { $0.kind == .msi && $0.range.contains(range) }) {
-            return identity
+        // The fault names the PASID only when the driver negotiated the extension (D47 otherwise).
+        let reportedPASID = negotiatedFeatures.contains(.pasid) ? pasid : nil
+        let domain: Domain
+        if let pasid {
+            guard let domainID = endpoint.auxDomains[pasid], let aux = domains[domainID] else {
+                throw .fault(raise(.domain, access: access, endpoint: id, address: iova, pasid: reportedPASID))
+            }
+            domain = aux
+        } else {
+            let identity = [Segment(address: iova, length: length)]
+            guard let domainID = endpoint.domain, let primary = domains[domainID] else {
+                if unattachedEndpointsBypass { return identity }
+                throw .fault(raise(.domain, access: access, endpoint: id, address: iova))  // D10
+            }
+            if primary.isBypass { return identity }
+            if endpoint.reservedRegions.contains(where: { $0.kind == .msi && $0.range.contains(range) }) {
+                return identity
+            }
+            domain = primary
         }
         var segments: [Segment] = []
         var address = range.first
         while true {
             guard let mapping = domain.mappings.mapping(containing: address) else {
-                throw .fault(raise(.mapping, access: access, endpoint: id, address: address))
+                throw .fault(raise(.mapping, access: access, endpoint: id, address: address, pasid: reportedPASID))
             }
             var denied: Fault.Flags = []
             if access.contains(.read) && !mapping.flags.contains(.read) { denied.insert(.read) }
             if access.contains(.write) && !mapping.flags.contains(.write) { denied.insert(.write) }
             guard denied.isEmpty else {
-                throw .fault(raise(.mapping, flags: denied, endpoint: id, address: address))
+                throw .fault(raise(.mapping, flags: denied, endpoint: id, address: address, pasid: reportedPASID))
             }
             let last = min(mapping.virtualEnd, range.last)
             let physical = mapping.physicalAddress(of: address)
@@ -76,15 +90,17 @@ extension Device {
         }
     }
 
-    private mutating func raise(_ reason: Fault.Reason, access: Access, endpoint: Endpoint.ID, address: UInt64) -> Fault {
+    private mutating func raise(_ reason: Fault.Reason, access: Access, endpoint: Endpoint.ID, address: UInt64,
+                                pasid: UInt32? = nil) -> Fault {
         var flags: Fault.Flags = []
         if access.contains(.read) { flags.insert(.read) }
         if access.contains(.write) { flags.insert(.write) }
-        return raise(reason, flags: flags, endpoint: endpoint, address: address)
+        return raise(reason, flags: flags, endpoint: endpoint, address: address, pasid: pasid)
     }
 
-    private mutating func raise(_ reason: Fault.Reason, flags: Fault.Flags, endpoint: Endpoint.ID, address: UInt64) -> Fault {
-        let fault = Fault(reason: reason, flags: flags.union(.address), endpoint: endpoint, address: address)
+    private mutating func raise(_ reason: Fault.Reason, flags: Fault.Flags, endpoint: Endpoint.ID, address: UInt64,
+                                pasid: UInt32? = nil) -> Fault {
+        let fault = Fault(reason: reason, flags: flags.union(.address), endpoint: endpoint, address: address, pasid: pasid)
         faults.append(fault)
         counters.faultsRaised += 1
         return fault

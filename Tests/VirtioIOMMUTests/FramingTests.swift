@@ -41,17 +41,22 @@ import Testing
     // §5.13.6: a body shorter than its request → INVAL (for each type).
     @Test(arguments: RequestType.allCases)
     func shortBody(type: RequestType) {
-        var device = makeDevice()
+        var device = makePASIDDevice()
         let full: [UInt8] = switch type {
         case .attach: AttachRequest(domain: 1, endpoint: plainEndpoint).encoded
         case .detach: DetachRequest(domain: 1, endpoint: plainEndpoint).encoded
         case .map: MapRequest(domain: 1, virtualStart: 0, virtualEnd: 0xfff, physicalStart: 0, flags: 1).encoded
         case .unmap: UnmapRequest(domain: 1, virtualStart: 0, virtualEnd: 0xfff).encoded
         case .probe: ProbeRequest(endpoint: plainEndpoint).encoded
+        case .attachPASID, .detachPASID: PASIDAttachmentRequest(domain: 1, endpoint: plainEndpoint, pasid: 1).encoded(type)
+        case .allocPASID: AllocPASIDRequest().encoded
+        case .freePASID: FreePASIDRequest(pasid: 1).encoded
         }
         #expect(full.count == type.readableSize)
-        let writable = type == .probe ? 516 : 4
-        #expect(device.send(Array(full.dropLast()), writable: writable) == .invalid)
+        let writable = type == .probe ? 516 : (type == .allocPASID ? 12 : 4)
+        let (used, reply) = device.handle(request: Array(full.dropLast()), writableSize: writable)
+        #expect(used == writable)
+        #expect(reply[writable - 4] == Status.invalid.rawValue)
         #expect(device.counters.count(type, .invalid) == 1)
     }
 

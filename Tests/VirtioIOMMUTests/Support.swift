@@ -1,3 +1,4 @@
+import PASIDStore
 @testable import VirtioIOMMU
 
 /// Endpoint 8 has the x86 MSI window; endpoint 9 has a plain reserved region; endpoint 10 has none.
@@ -56,4 +57,15 @@ extension Device {
     }
 
     func mappings(of domain: UInt32) -> [Mapping] { domains[domain]?.mappings.mappings ?? [] }
+}
+
+/// A device with the PASID extension negotiated: endpoint 10 supports 8-bit PASIDs, endpoint 9 none,
+/// and an in-memory store.
+func makePASIDDevice(store: (any PASIDAllocator)? = nil, owner: String = "vm-test",
+                     limits: Limits = Limits()) -> Device {
+    var configuration = testConfiguration(features: Features.standard.union(.pasid), limits: limits)
+    configuration.pasidWidths = [plainEndpoint: 8, msiEndpoint: 20]
+    var device = try! Device(configuration: configuration, pasidStore: store ?? (try! InMemoryPASIDStore()), owner: owner)
+    device.negotiate(configuration.features)
+    return device
 }
