@@ -45,14 +45,14 @@ let package = Package(
         ]),
         // The daemon: CLI, wiring, control socket, signals.
         .executableTarget(name: "vhost-iommu", dependencies: [
-            "VirtioIOMMU", "VhostUser",
+            "VirtioIOMMU", "VhostUser", "PASIDStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // End-to-end tests: start the real daemon and drive it over real sockets and shared memory.
         .testTarget(name: "VhostIOMMUTests", dependencies: [
-            "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport",
+            "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore",
         ]),
     ],
     swiftLanguageModes: [.v6]

@@ -19,7 +19,9 @@ struct ControlReply: Encodable {
         var flags: UInt32
         var address: UInt64
         var endpoint: UInt32
+        var pasid: UInt32?
         init(_ fault: Fault) {
+            pasid = fault.pasid
             reason = "\(fault.reason)"
             flags = fault.flags.rawValue
             address = fault.address

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import PASIDStore
 import Synchronization
 import SystemPackage
 import VhostUser
@@ -120,8 +121,10 @@ final class ControlServer: @unchecked Sendable {
                   let access = request.access.flatMap(Access.init(name:)) else {
                 return .error("translate needs endpoint, iova, length and access (read, write or readwrite)")
             }
-            if request.pasid != nil { return .error("pasid is not supported") }
-            switch device.translate(endpoint: endpoint, iova: iova, length: length, access: access) {
+            if let pasid = request.pasid, pasid == 0 || pasid >= 1 << maxPASIDWidth {
+                return .error("pasid must be 1...\((1 << maxPASIDWidth) - 1)")
+            }
+            switch device.translate(endpoint: endpoint, pasid: request.pasid, iova: iova, length: length, access: access) {
             case .success(let segments):
                 return ControlReply(ok: true, segments: segments.map { .init(gpa: $0.address, length: $0.length) })
             case .failure(.fault(let fault)):

@@ -29,12 +29,14 @@ enum OptionSyntax {
     }
 }
 
-/// `--endpoint IDS[,msi=A-B][,reserved=A-B]...[,msi=none]`: endpoint IDs (a number or a range) and
-/// their reserved regions. Without any region option an endpoint gets the x86 MSI window.
+/// `--endpoint IDS[,msi=A-B][,reserved=A-B]...[,msi=none][,pasid=BITS]`: endpoint IDs (a number or a
+/// range), their reserved regions and PASID width. Without any region option an endpoint gets the x86
+/// MSI window; without `pasid=` it has no PASID support.
 struct EndpointSpecification: ExpressibleByArgument, Sendable {
     var first: UInt32
     var last: UInt32
     var regions: [ReservedRegion]
+    var pasidBits = 0
 
     /// Endpoints at most one specification may name at once, to keep memory bounded.
     static let maxCount = 1 << 20
@@ -49,6 +51,11 @@ struct EndpointSpecification: ExpressibleByArgument, Sendable {
         for field in fields.dropFirst() {
             let pair = field.split(separator: "=", maxSplits: 1).map(String.init)
             guard pair.count == 2 else { return nil }
+            if pair[0] == "pasid" {
+                guard let bits = Int(pair[1]), (0...20).contains(bits) else { return nil }
+                pasidBits = bits
+                continue
+            }
             sawRegionOption = true
             if pair[1] == "none" { continue }
             guard let (start, end) = OptionSyntax.range(pair[1]), let range = IOVARange(first: start, last: end) else { return nil }

@@ -1,3 +1,4 @@
+import PASIDStore
 import Synchronization
 import VhostUser
 import VirtioIOMMU
@@ -13,9 +14,9 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
     /// Set once the engine exists, so that faults raised off the loop thread wake it.
     let waker = Mutex<Waker?>(nil)
 
-    init(configuration: Configuration) throws(ConfigurationError) {
+    init(configuration: Configuration, pasidStore: (any PASIDAllocator)? = nil, owner: String = "") throws(ConfigurationError) {
         self.configuration = configuration
-        model = Mutex(try Device(configuration: configuration))
+        model = Mutex(try Device(configuration: configuration, pasidStore: pasidStore, owner: owner))
     }
 
     var deviceFeatures: UInt64 { configuration.features.rawValue }
@@ -57,10 +58,10 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
     func reset() { model.withLock { $0.reset() } }
 
     /// Translates for a consumer; a fault is queued for the guest and the loop is woken to deliver it.
-    func translate(endpoint: UInt32, iova: UInt64, length: UInt64, access: Access) -> Result<[Segment], TranslationError> {
+    func translate(endpoint: UInt32, pasid: UInt32?, iova: UInt64, length: UInt64, access: Access) -> Result<[Segment], TranslationError> {
         let result = model.withLock { device in
             Result { () throws(TranslationError) -> [Segment] in
-                try device.translate(endpoint: endpoint, iova: iova, length: length, access: access)
+                try device.translate(endpoint: endpoint, pasid: pasid, iova: iova, length: length, access: access)
             }
         }
         if case .failure(.fault) = result { waker.withLock { $0?.wake() } }

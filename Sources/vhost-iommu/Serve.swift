@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import PASIDStore
 import SystemPackage
 import VhostUser
 import VirtioIOMMU
@@ -58,6 +59,14 @@ struct Serve: ParsableCommand {
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
 
+    @Option(help: "This VM's name in the PASID store. Default: derived from the socket path (or the process with --fd).")
+    var vm: String?
+
+    @Option(help: "How many PASIDs this VM may hold (default: the store's default quota).")
+    var pasidQuota: Int?
+
+    @OptionGroup var pasidStore: PASIDStoreLocation
+
     enum Toggle: String, ExpressibleByArgument, Sendable { case on, off }
 
     mutating func validate() throws {
@@ -66,6 +75,10 @@ struct Serve: ParsableCommand {
             throw ValidationError("exactly one of --socket-path and --fd is required")
         }
         if let fd, fd < 0 { throw ValidationError("--fd must be a descriptor number") }
+        if let pasidQuota, pasidQuota < 0 { throw ValidationError("--pasid-quota must not be negative") }
+        if let width = pasidStore.width, !(1...maxPASIDWidth).contains(width) {
+            throw ValidationError("--pasid-width must be 1...\(maxPASIDWidth)")
+        }
         if endpoints.contains(where: { Int($0.last - $0.first) >= EndpointSpecification.maxCount }) {
             throw ValidationError("an --endpoint range names more than \(EndpointSpecification.maxCount) endpoints")
         }
@@ -74,19 +87,24 @@ struct Serve: ParsableCommand {
 
     func deviceConfiguration() throws -> Configuration {
         var map: [UInt32: [ReservedRegion]] = [:]
+        var widths: [UInt32: Int] = [:]
         for spec in endpoints.isEmpty ? [.everyRequesterID] : endpoints {
-            for id in spec.first...spec.last { map[id] = spec.regions }
+            for id in spec.first...spec.last {
+                map[id] = spec.regions
+                widths[id] = spec.pasidBits > 0 ? spec.pasidBits : nil
+            }
         }
         guard let input = IOVARange(first: inputRange.first, last: inputRange.last),
               domainRange.last <= UInt64(UInt32.max) else {
             throw ValidationError("bad --input-range or --domain-range")
         }
-        let configuration = Configuration(
+        var configuration = Configuration(
             endpoints: map, pageSizeMask: pageSizeMask.value, inputRange: input,
             domainRange: UInt32(domainRange.first)...UInt32(domainRange.last), probeSize: probeSize,
-            bypass: bypass == .on, features: .standard,
+            bypass: bypass == .on, features: Features.standard.union(.pasid),
             limits: Limits(maxDomains: maxDomains, maxMappingsPerDomain: maxMappingsPerDomain,
                            maxMappingsTotal: maxMappings, maxPendingFaults: maxPendingFaults))
+        configuration.pasidWidths = widths
         do {
             try configuration.validate()
         } catch {
@@ -108,7 +126,19 @@ struct Serve: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "vhost-iommu")
-        let device = try IOMMUDevice(configuration: deviceConfiguration())
+        let owner = vmName
+        let store = try pasidStore.open(logger: logger)
+        if let durable = store as? SQLitePASIDStore {
+            try durable.register(owner: owner, quota: pasidQuota)
+            logger.info("PASID store \(durable.path), owner \(owner)")
+        } else if let pasidQuota {
+            try store.setQuota(pasidQuota, owner: owner)
+        }
+        defer {
+            // A clean exit gives this VM's PASIDs back; a crash leaves them to the lease reclaim.
+            if let durable = store as? SQLitePASIDStore { try? durable.unregister(owner: owner) }
+        }
+        let device = try IOMMUDevice(configuration: deviceConfiguration(), pasidStore: store, owner: owner)
         let backend = try VhostUserBackend(device: device, logger: Logger(label: "vhost-user"))
         device.waker.withLock { $0 = backend.waker }
         let control = try controlSocket.map { try ControlServer(path: $0, device: device, logger: logger) }
@@ -120,6 +150,23 @@ struct Serve: ParsableCommand {
         try serve(backend, logger: logger)
         control?.stop()
         Statistics.log(device, logger: logger)
+    }
+
+    /// The owner name in the PASID store: distinct per VM, never one shared default.
+    var vmName: String {
+        if let vm { return vm }
+        if let socketPath {
+            let absolute = socketPath.hasPrefix("/") ? socketPath : (currentDirectory() + "/" + socketPath)
+            return "socket:" + absolute
+        }
+        let lease = ProcessLease.current
+        return "process:\(lease.pid):\(lease.startTime)"
+    }
+
+    private func currentDirectory() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
+        guard getcwd(&buffer, buffer.count) != nil else { return "." }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     private func serve(_ backend: VhostUserBackend, logger: Logger) throws {

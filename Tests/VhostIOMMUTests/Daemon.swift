@@ -25,7 +25,8 @@ final class Daemon: @unchecked Sendable {
         socketPath = "/tmp/vhost-iommu-test-\(tag).sock"
         controlPath = "/tmp/vhost-iommu-test-\(tag).ctl"
         process.executableURL = Self.executable
-        process.arguments = ["--socket-path", socketPath, "--control-socket", controlPath, "--log-level", "debug"] + arguments
+        process.arguments = ["--socket-path", socketPath, "--control-socket", controlPath, "--log-level", "debug"]
+            + (arguments.contains("--pasid-store") ? [] : ["--pasid-store", "memory"]) + arguments
         process.standardError = logPipe
         process.standardOutput = FileHandle.nullDevice
         logPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
@@ -106,14 +107,15 @@ final class Guest {
     var events: DriverQueue
     let features: UInt64
 
-    init(_ daemon: Daemon, queueSize: Int = 256) throws {
+    init(_ daemon: Daemon, queueSize: Int = 256, acceptPASID: Bool = false) throws {
         frontend = try daemon.connect()
         memory = try SharedMemory(size: 8 << 20)
         requests = try DriverQueue(memory: memory, index: 0, size: queueSize)
         events = try DriverQueue(memory: memory, index: 1, size: queueSize)
         let offered = try frontend.initialize(queues: [requests, events])
-        // What Linux accepts: VERSION_1, the ring features, and the virtio-iommu bits it knows.
-        features = offered & (TransportFeatures.all | Features.standard.rawValue)
+        // What Linux accepts: VERSION_1, the ring features, and the virtio-iommu bits it knows
+        // (plus F_PASID for a driver that implements the extension).
+        features = offered & (TransportFeatures.all | Features.standard.rawValue | (acceptPASID ? Features.pasid.rawValue : 0))
         try frontend.start(features: features, memory: [memory], queues: [requests, events])
     }
 

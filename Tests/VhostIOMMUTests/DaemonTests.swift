@@ -43,7 +43,7 @@ import VirtioIOMMU
         let memory = try SharedMemory(size: 1 << 20)
         let queues = try (0..<2).map { try DriverQueue(memory: memory, index: $0, size: 256) }
         let features = try frontend.initialize(queues: queues)
-        #expect(features == Features.standard.rawValue | TransportFeatures.all)
+        #expect(features == Features.standard.union(.pasid).rawValue | TransportFeatures.all)
         #expect(features & (1 << 33) == 0)  // no ACCESS_PLATFORM
         let config = ConfigSpace(bytes: try frontend.getConfig(size: 40))
         #expect(config?.pageSizeMask == 0xffff_ffff_ffff_f000)
@@ -216,7 +216,7 @@ import VirtioIOMMU
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, theirs.rawValue, 3)  // dup2 clears close-on-exec
-        let arguments = [Daemon.executable.path, "--fd", "3", "--log-level", "error"]
+        let arguments = [Daemon.executable.path, "--fd", "3", "--log-level", "error", "--pasid-store", "memory"]
         var argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0

@@ -1,0 +1,183 @@
+import Foundation
+import Glibc
+import PASIDStore
+import Testing
+import VhostUser
+import VhostUserTestSupport
+import VirtioIOMMU
+
+func temporaryStore() -> String { "/tmp/vhost-iommu-pasid-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).sqlite" }
+
+extension Guest {
+    func allocPASID(min: PASID = 0, max: PASID = 0) -> (Status?, PASID) {
+        let (used, reply) = send(AllocPASIDRequest(min: min, max: max).encoded, writable: 12)
+        guard used == 12 else { return (nil, 0) }
+        return (Status(rawValue: reply[8]), reply.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) })
+    }
+
+    /// Sends `count` ALLOC_PASID requests in one kick; returns the PASIDs of those that succeeded.
+    func allocBatch(_ count: Int, timeout: Duration = .seconds(10)) -> [PASID] {
+        guard requests.freeCount >= count else { return [] }  // the back-end went away mid-batch
+        let heads = (0..<count).map { _ in requests.add(readable: [AllocPASIDRequest().encoded], writable: [12], indirect: true) }
+        requests.kickNow()
+        _ = requests.waitForUsed(count, timeout: timeout)
+        return heads.compactMap { head in
+            let reply = requests.reply(of: head)
+            guard reply[8] == Status.ok.rawValue else { return nil }
+            return reply.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+        }
+    }
+}
+
+/// Runs `vhost-iommu pasid …` and returns its standard output.
+func admin(_ arguments: [String]) throws -> String {
+    let process = Process()
+    process.executableURL = Daemon.executable
+    process.arguments = ["pasid"] + arguments
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
+}
+
+func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
+    try JSONDecoder().decode([PASIDAllocation].self, from: Data(try admin(["list", "--pasid-store", path, "--json"]).utf8))
+}
+
+/// The PASID extension end to end: the real daemon, a guest that negotiates F_PASID, the host-wide store.
+@Suite(.serialized) struct PASIDEndToEndTests {
+    @Test func auxDomainsThroughTheRealDaemon() throws {
+        let store = temporaryStore()
+        let daemon = try Daemon(["--endpoint", "0x10,pasid=8", "--endpoint", "0x18", "--pasid-store", store, "--vm", "vm-e2e", "--bypass", "off"])
+        let guest = try Guest(daemon, acceptPASID: true)
+        #expect(guest.features & Features.pasid.rawValue != 0)
+        for _ in 0..<2 { guest.events.add(readable: [], writable: [24]) }
+        guest.events.kickNow()
+        // PROBE reports the PASID width after the MSI window.
+        let (_, probe) = guest.send(ProbeRequest(endpoint: 0x10).encoded, writable: 516)
+        #expect(probe.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 24, as: UInt16.self) } == 0x800 && probe[28] == 8)
+        let (status, pasid) = guest.allocPASID()
+        #expect(status == .ok && pasid == 1)
+        #expect(try storeAllocations(store) == [PASIDAllocation(pasid: 1, owner: "vm-e2e")])
+        #expect(guest.status(AttachRequest(domain: 1, endpoint: 0x10).encoded) == .ok)
+        #expect(guest.status(PASIDAttachmentRequest(domain: 2, endpoint: 0x10, pasid: pasid).encoded(.attachPASID)) == .ok)
+        #expect(guest.status(PASIDAttachmentRequest(domain: 2, endpoint: 0x18, pasid: pasid).encoded(.attachPASID)) == .unsupported)
+        #expect(guest.status(MapRequest(domain: 2, virtualStart: 0x4000, virtualEnd: 0x4fff, physicalStart: 0x90000, flags: 3).encoded) == .ok)
+        let good = try daemon.control(#"{"op":"translate","endpoint":16,"pasid":1,"iova":16388,"length":8,"access":"write"}"#)
+        #expect((good["segments"] as? [[String: Any]])?.first?["gpa"] as? Int == 0x90004)
+        let bad = try daemon.control(#"{"op":"translate","endpoint":16,"pasid":7,"iova":16388,"length":8,"access":"read"}"#)
+        #expect((bad["fault"] as? [String: Any])?["reason"] as? String == "domain")
+        #expect((bad["fault"] as? [String: Any])?["pasid"] as? Int == 7)
+        let used = guest.events.waitForUsed(1)
+        let head = try #require(used.first).head
+        let record = try #require(Fault(event: guest.events.reply(of: head)))
+        #expect(record.pasid == 7 && record.reason == .domain && record.flags.contains(.pasid))
+        // FREE_PASID while attached is refused; after DETACH_PASID it works.
+        #expect(guest.status(FreePASIDRequest(pasid: pasid).encoded) == .invalid)
+        #expect(guest.status(PASIDAttachmentRequest(domain: 2, endpoint: 0x10, pasid: pasid).encoded(.detachPASID)) == .ok)
+        #expect(guest.status(FreePASIDRequest(pasid: pasid).encoded) == .ok)
+        #expect(try storeAllocations(store).isEmpty)
+        // A guest reset gives every PASID back (rule 6).
+        _ = guest.allocPASID()
+        _ = guest.allocPASID()
+        #expect(try storeAllocations(store).count == 2)
+        try guest.restartAsResetGuest()
+        #expect(try storeAllocations(store).isEmpty)
+        #expect(daemon.terminate() == 0)
+    }
+
+    @Test func quotaExhaustionIsNOMEM() throws {
+        let store = temporaryStore()
+        let daemon = try Daemon(["--pasid-store", store, "--vm", "vm-quota", "--pasid-quota", "2"])
+        let guest = try Guest(daemon, acceptPASID: true)
+        #expect(guest.allocPASID().0 == .ok)
+        #expect(guest.allocPASID().0 == .ok)
+        #expect(guest.allocPASID() == (.noMemory, 0))
+        #expect(try daemon.requestCount("ALLOC_PASID", "NOMEM") == 1)
+        // A clean exit gives the PASIDs back.
+        #expect(daemon.terminate() == 0)
+        #expect(try storeAllocations(store).isEmpty)
+    }
+
+    @Test func defaultOwnerIsDerivedFromTheSocketPath() throws {
+        let store = temporaryStore()
+        let daemon = try Daemon(["--pasid-store", store])
+        let guest = try Guest(daemon, acceptPASID: true)
+        #expect(guest.allocPASID().0 == .ok)
+        #expect(try storeAllocations(store).first?.owner == "socket:" + daemon.socketPath)
+    }
+
+    // Two OS processes (two VMs) allocating at once from one store never get the same PASID.
+    @Test func twoDaemonsShareOneStore() throws {
+        let store = temporaryStore()
+        let a = try Daemon(["--pasid-store", store, "--vm", "vm-a"])
+        let b = try Daemon(["--pasid-store", store, "--vm", "vm-b"])
+        let guests = [try Guest(a, acceptPASID: true), try Guest(b, acceptPASID: true)]
+        let results = [PASIDBox(), PASIDBox()]
+        let threads = (0..<2).map { i in
+            let guest = UncheckedGuest(guest: guests[i]), box = results[i]
+            return OSThread { for _ in 0..<4 { box.append(guest.guest.allocBatch(100)) } }
+        }
+        threads.forEach { $0.join() }
+        let fromA = results[0].values, fromB = results[1].values
+        #expect(fromA.count == 400 && fromB.count == 400)
+        #expect(Set(fromA).isDisjoint(with: fromB))
+        #expect(Set(fromA + fromB).count == 800)
+        let allocations = try storeAllocations(store)
+        #expect(allocations.count == 800)
+        #expect(Set(allocations.filter { $0.owner == "vm-a" }.map(\.pasid)) == Set(fromA))
+    }
+
+    // SIGKILL in the middle of allocating: the store stays consistent, the dead VM's PASIDs are
+    // reclaimed, another VM's are untouched, and the killed VM can start again.
+    @Test func sigkillDuringAllocation() throws {
+        let store = temporaryStore()
+        let survivor = try Daemon(["--pasid-store", store, "--vm", "vm-survivor"])
+        let survivorGuest = try Guest(survivor, acceptPASID: true)
+        let kept = survivorGuest.allocBatch(10)
+        #expect(kept.count == 10)
+        let victim = try Daemon(["--pasid-store", store, "--vm", "vm-victim"])
+        let victimGuest = UncheckedGuest(guest: try Guest(victim, acceptPASID: true))
+        let worker = OSThread { for _ in 0..<50 { _ = victimGuest.guest.allocBatch(200, timeout: .seconds(1)) } }
+        // Kill it once it has allocated some.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while (try storeAllocations(store)).count < 200 && ContinuousClock.now < deadline { usleep(5000) }
+        kill(victim.process.processIdentifier, SIGKILL)
+        victim.waitForExit()
+        victimGuest.guest.frontend.disconnect()
+        worker.join()
+        // Listing reclaims the dead owner's PASIDs; the survivor's are intact.
+        let after = try storeAllocations(store)
+        #expect(Set(after.map(\.owner)) == ["vm-survivor"])
+        #expect(Set(after.map(\.pasid)) == Set(kept))
+        #expect(try SQLitePASIDStore(path: store).integrityCheck())
+        // The killed VM comes back under the same name and allocates afresh.
+        let restarted = try Daemon(["--pasid-store", store, "--vm", "vm-victim"])
+        let again = try Guest(restarted, acceptPASID: true)
+        let (status, pasid) = again.allocPASID()
+        #expect(status == .ok && !kept.contains(pasid))
+        #expect(try storeAllocations(store).count == 11)
+    }
+
+    @Test func secondDaemonCannotTakeALiveOwner() throws {
+        let store = temporaryStore()
+        let first = try Daemon(["--pasid-store", store, "--vm", "vm-dup"])
+        let second = try Daemon(["--pasid-store", store, "--vm", "vm-dup"], waitForSocket: false)
+        #expect(second.waitForExit() != 0)
+        #expect(second.log.contains("held by live process \(first.process.processIdentifier)"))
+        #expect(try admin(["release", "--pasid-store", store, "--owner", "vm-dup"]).isEmpty)  // refused
+    }
+}
+
+final class PASIDBox: @unchecked Sendable {
+    private var lock = pthread_mutex_t()
+    private var items: [PASID] = []
+    init() { pthread_mutex_init(&lock, nil) }
+    func append(_ more: [PASID]) { pthread_mutex_lock(&lock); items += more; pthread_mutex_unlock(&lock) }
+    var values: [PASID] { pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }; return items }
+}
+
+struct UncheckedGuest: @unchecked Sendable { let guest: Guest }
