@@ -15,11 +15,13 @@ public final class SQLitePASIDStore: PASIDAllocator {
     public let width: Int
     public let path: String
     private let connection: Mutex<SQLiteConnection>
+    private let writerLock: WriterLock
 
     /// Opens (creating if needed) the store at `path`. `width` applies when the store is created; an
     /// existing store keeps its own, and asking for a different one is an error.
     public init(path: String, width requestedWidth: Int? = nil) throws(PASIDStoreError) {
         if let requestedWidth, !(1...maxPASIDWidth).contains(requestedWidth) { throw .invalidWidth(requestedWidth) }
+        let writerLock = try WriterLock(path: path + ".lock")
         let db = try SQLiteConnection(path: path)
         try db.execute("PRAGMA journal_mode=WAL")
         try db.execute("PRAGMA synchronous=NORMAL")
@@ -41,14 +43,20 @@ public final class SQLitePASIDStore: PASIDAllocator {
         }
         self.width = width
         self.path = path
+        self.writerLock = writerLock
         connection = Mutex(db)
+    }
+
+    /// A write transaction, queued behind other processes' writes on the writer lock.
+    private func write<T>(_ db: SQLiteConnection, _ body: () throws(PASIDStoreError) -> T) throws(PASIDStoreError) -> T {
+        try writerLock.withLock { () throws(PASIDStoreError) -> T in try db.transaction(body) }
     }
 
     /// Takes `owner`'s lease for this process. A previous holder that is dead loses its PASIDs;
     /// one that is alive keeps them and this call fails.
     public func register(owner: String, quota: Int? = nil, lease me: ProcessLease = .current) throws(PASIDStoreError) {
         try connection.withLock { db throws(PASIDStoreError) in
-            try db.transaction { () throws(PASIDStoreError) in
+            try write(db) { () throws(PASIDStoreError) in
                 if let holder = try lease(of: owner, db), holder.pid != me.pid || holder.startTime != me.startTime {
                     guard !holder.isAlive else { throw .ownerInUse(owner: owner, pid: holder.pid) }
                     try db.query("DELETE FROM pasids WHERE owner = ?", [.text(owner)])
@@ -65,7 +73,7 @@ public final class SQLitePASIDStore: PASIDAllocator {
     /// Gives `owner`'s PASIDs back and drops its lease (a clean exit).
     public func unregister(owner: String) throws(PASIDStoreError) {
         try connection.withLock { db throws(PASIDStoreError) in
-            try db.transaction { () throws(PASIDStoreError) in
+            try write(db) { () throws(PASIDStoreError) in
                 try db.query("DELETE FROM pasids WHERE owner = ?", [.text(owner)])
                 try db.query("UPDATE owners SET pid = NULL, start_time = NULL WHERE name = ?", [.text(owner)])
             }
@@ -76,7 +84,7 @@ public final class SQLitePASIDStore: PASIDAllocator {
     @discardableResult
     public func release(owner: String) throws(PASIDStoreError) -> Int {
         try connection.withLock { db throws(PASIDStoreError) -> Int in
-            try db.transaction { () throws(PASIDStoreError) -> Int in
+            try write(db) { () throws(PASIDStoreError) -> Int in
                 if let holder = try lease(of: owner, db), holder.isAlive { throw .ownerInUse(owner: owner, pid: holder.pid) }
                 try db.query("DELETE FROM pasids WHERE owner = ?", [.text(owner)])
                 let count = db.changes
@@ -89,12 +97,11 @@ public final class SQLitePASIDStore: PASIDAllocator {
     public func allocate(owner: String, in range: ClosedRange<PASID>?) throws(PASIDStoreError) -> PASID {
         let range = try resolve(range)
         return try connection.withLock { db throws(PASIDStoreError) -> PASID in
-            try db.transaction { () throws(PASIDStoreError) -> PASID in
-                let ownQuota = try db.integer("SELECT quota FROM owners WHERE name = ?", [.text(owner)])
-                let standard = try db.integer("SELECT value FROM settings WHERE name = 'default_quota'") ?? 0
-                let quota = ownQuota ?? standard
-                let held = try db.integer("SELECT COUNT(*) FROM pasids WHERE owner = ?", [.text(owner)]) ?? 0
-                guard held < quota else { throw .quotaExceeded(owner: owner, quota: Int(quota)) }
+            // An owner at its quota is refused without taking the write lock, so a guest that floods
+            // ALLOC_PASID cannot slow other VMs down.
+            try checkQuota(owner, db)
+            return try write(db) { () throws(PASIDStoreError) -> PASID in
+                try checkQuota(owner, db)
                 var pasid = try lowestFree(range, db)
                 if pasid == nil, try reclaimDeadOwners(db) > 0 { pasid = try lowestFree(range, db) }
                 guard let pasid else { throw .exhausted }
@@ -102,6 +109,14 @@ public final class SQLitePASIDStore: PASIDAllocator {
                 return pasid
             }
         }
+    }
+
+    private func checkQuota(_ owner: String, _ db: SQLiteConnection) throws(PASIDStoreError) {
+        let ownQuota = try db.integer("SELECT quota FROM owners WHERE name = ?", [.text(owner)])
+        let standard = try db.integer("SELECT value FROM settings WHERE name = 'default_quota'") ?? 0
+        let quota = ownQuota ?? standard
+        let held = try db.integer("SELECT COUNT(*) FROM pasids WHERE owner = ?", [.text(owner)]) ?? 0
+        guard held < quota else { throw .quotaExceeded(owner: owner, quota: Int(quota)) }
     }
 
     /// The lowest PASID in `range` that no one holds: the range's start, or the first gap after it.
@@ -118,15 +133,19 @@ public final class SQLitePASIDStore: PASIDAllocator {
 
     public func free(_ pasid: PASID, owner: String) throws(PASIDStoreError) {
         try connection.withLock { db throws(PASIDStoreError) in
-            try db.query("DELETE FROM pasids WHERE pasid = ? AND owner = ?", [.integer(Int64(pasid)), .text(owner)])
-            guard db.changes == 1 else { throw .notHeld(pasid) }
+            try write(db) { () throws(PASIDStoreError) in
+                try db.query("DELETE FROM pasids WHERE pasid = ? AND owner = ?", [.integer(Int64(pasid)), .text(owner)])
+                guard db.changes == 1 else { throw .notHeld(pasid) }
+            }
         }
     }
 
     public func releaseAll(owner: String) throws(PASIDStoreError) -> Int {
         try connection.withLock { db throws(PASIDStoreError) -> Int in
-            try db.query("DELETE FROM pasids WHERE owner = ?", [.text(owner)])
-            return db.changes
+            try write(db) { () throws(PASIDStoreError) -> Int in
+                try db.query("DELETE FROM pasids WHERE owner = ?", [.text(owner)])
+                return db.changes
+            }
         }
     }
 
@@ -144,7 +163,7 @@ public final class SQLitePASIDStore: PASIDAllocator {
 
     public func allocations() throws(PASIDStoreError) -> [PASIDAllocation] {
         try connection.withLock { db throws(PASIDStoreError) -> [PASIDAllocation] in
-            try db.transaction { () throws(PASIDStoreError) in _ = try reclaimDeadOwners(db) }
+            try reclaimIfNeeded(db)
             var result: [PASIDAllocation] = []
             try db.query("SELECT pasid, owner FROM pasids ORDER BY pasid") {
                 result.append(PASIDAllocation(pasid: PASID($0.integer(0)), owner: $0.text(1)))
@@ -155,7 +174,7 @@ public final class SQLitePASIDStore: PASIDAllocator {
 
     public func statistics() throws(PASIDStoreError) -> PASIDStoreStatistics {
         try connection.withLock { db throws(PASIDStoreError) -> PASIDStoreStatistics in
-            try db.transaction { () throws(PASIDStoreError) in _ = try reclaimDeadOwners(db) }
+            try reclaimIfNeeded(db)
             var owners: [PASIDStoreStatistics.Owner] = []
             try db.query("""
                 SELECT o.name, (SELECT COUNT(*) FROM pasids p WHERE p.owner = o.name), o.quota, o.pid, o.start_time
@@ -193,13 +212,25 @@ public final class SQLitePASIDStore: PASIDAllocator {
         return lease
     }
 
-    /// Frees the PASIDs of every owner whose leased process is gone; returns how many. Call inside a transaction.
-    @discardableResult
-    private func reclaimDeadOwners(_ db: SQLiteConnection) throws(PASIDStoreError) -> Int {
+    /// Owners whose leased process is gone (a read, no lock).
+    private func deadOwners(_ db: SQLiteConnection) throws(PASIDStoreError) -> [String] {
         var dead: [String] = []
         try db.query("SELECT name, pid, start_time FROM owners WHERE pid IS NOT NULL") {
             if !ProcessLease(pid: Int32($0.integer(1)), startTime: $0.integer(2)).isAlive { dead.append($0.text(0)) }
         }
+        return dead
+    }
+
+    /// Readers take the write lock only when there is something to reclaim.
+    private func reclaimIfNeeded(_ db: SQLiteConnection) throws(PASIDStoreError) {
+        guard try !deadOwners(db).isEmpty else { return }
+        try write(db) { () throws(PASIDStoreError) in _ = try reclaimDeadOwners(db) }
+    }
+
+    /// Frees the PASIDs of every owner whose leased process is gone; returns how many. Call inside a transaction.
+    @discardableResult
+    private func reclaimDeadOwners(_ db: SQLiteConnection) throws(PASIDStoreError) -> Int {
+        let dead = try deadOwners(db)
         var reclaimed = 0
         for owner in dead {
             try db.query("DELETE FROM pasids WHERE owner = ?", [.text(owner)])

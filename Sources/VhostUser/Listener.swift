@@ -16,7 +16,9 @@ public enum ListenError: Error, Hashable, CustomStringConvertible {
 }
 
 /// A listening UNIX socket, created with mode 0600. A stale socket file (nobody listening) is
-/// replaced; a live one or a non-socket file is left alone and reported.
+/// replaced; a live one or a non-socket file is left alone and reported. The socket is bound under a
+/// temporary name and renamed into place once it listens, so a client never finds the path without a
+/// listener behind it.
 public struct Listener: ~Copyable {
     public let socket: OwnedFileDescriptor
     public let path: String
@@ -26,19 +28,26 @@ public struct Listener: ~Copyable {
         if lstat(path, &info) == 0 {
             guard info.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path) }
             if Self.isLive(path) { throw .pathInUse(path) }
-            if unlink(path) != 0 { throw .system("unlink \(path)", Errno(rawValue: errno)) }
         }
         let fd: FileDescriptor
         do { fd = try SystemCall.socket(AF_UNIX, CInt(SOCK_STREAM.rawValue)) } catch { throw .system("socket", error) }
         let owned = OwnedFileDescriptor(fd)
         // umask decides the mode bind gives the file: 0600 from the start, with no window.
+        let temporary = "\(path).\(getpid()).tmp"
+        unlink(temporary)
         let oldMask = umask(0o177)
         defer { umask(oldMask) }
         do {
-            try SystemCall.bind(fd, path: path)
+            try SystemCall.bind(fd, path: temporary)
             try SystemCall.listen(fd, backlog: 1)
         } catch {
+            unlink(temporary)
             throw .system("bind/listen \(path)", error)
+        }
+        guard rename(temporary, path) == 0 else {
+            let error = Errno(rawValue: errno)
+            unlink(temporary)
+            throw .system("rename to \(path)", error)
         }
         socket = owned
         self.path = path

@@ -34,17 +34,36 @@ func admin(_ arguments: [String]) throws -> String {
     let process = Process()
     process.executableURL = Daemon.executable
     process.arguments = ["pasid"] + arguments
-    let out = Pipe()
+    let out = Pipe(), err = Pipe()
     process.standardOutput = out
-    process.standardError = FileHandle.nullDevice
+    process.standardError = err
     try process.run()
     let data = out.fileHandleForReading.readDataToEndOfFile()
+    let errors = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
+    if process.terminationStatus != 0 { lastAdminError.set(String(decoding: errors, as: UTF8.self)) }
     return String(decoding: data, as: UTF8.self)
 }
 
+final class LastError: @unchecked Sendable {
+    private var lock = pthread_mutex_t()
+    private var text = ""
+    init() { pthread_mutex_init(&lock, nil) }
+    func set(_ t: String) { pthread_mutex_lock(&lock); text = t; pthread_mutex_unlock(&lock) }
+    var value: String { pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }; return text }
+}
+let lastAdminError = LastError()
+
+struct AdminFailure: Error, CustomStringConvertible {
+    var description: String
+}
+
 func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
-    try JSONDecoder().decode([PASIDAllocation].self, from: Data(try admin(["list", "--pasid-store", path, "--json"]).utf8))
+    let output = try admin(["list", "--pasid-store", path, "--json"])
+    guard let list = try? JSONDecoder().decode([PASIDAllocation].self, from: Data(output.utf8)) else {
+        throw AdminFailure(description: "pasid list failed: \(lastAdminError.value)")
+    }
+    return list
 }
 
 /// The PASID extension end to end: the real daemon, a guest that negotiates F_PASID, the host-wide store.
@@ -156,7 +175,11 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         #expect(try SQLitePASIDStore(path: store).integrityCheck())
         // The killed VM comes back under the same name and allocates afresh.
         let restarted = try Daemon(["--pasid-store", store, "--vm", "vm-victim"])
-        let again = try Guest(restarted, acceptPASID: true)
+        let again: Guest
+        do { again = try Guest(restarted, acceptPASID: true) } catch {
+            Issue.record("restart failed: \(error); log: \(restarted.log)")
+            return
+        }
         let (status, pasid) = again.allocPASID()
         #expect(status == .ok && !kept.contains(pasid))
         #expect(try storeAllocations(store).count == 11)
