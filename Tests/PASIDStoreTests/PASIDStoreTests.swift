@@ -8,13 +8,22 @@ enum StoreKind: String, CaseIterable, Sendable {
     func make(width: Int = 20) throws -> any PASIDAllocator {
         switch self {
         case .memory: return try InMemoryPASIDStore(width: width)
-        case .sqlite: return try SQLitePASIDStore(path: temporaryStorePath(), width: width)
+        case .sqlite:
+            // The open connection keeps the data; the files can go at once.
+            let path = temporaryStorePath()
+            defer { removeStore(path) }
+            return try SQLitePASIDStore(path: path, width: width)
         }
     }
 }
 
 func temporaryStorePath() -> String {
     "/tmp/pasid-test-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).sqlite"
+}
+
+/// Removes a store file and its WAL, shared-memory and lock files.
+func removeStore(_ path: String) {
+    for suffix in ["", "-wal", "-shm", ".lock"] { unlink(path + suffix) }
 }
 
 /// The allocator protocol, run against both stores.
@@ -94,7 +103,7 @@ func temporaryStorePath() -> String {
 @Suite struct SQLitePASIDStoreTests {
     @Test func persistsAcrossOpens() throws {
         let path = temporaryStorePath()
-        defer { unlink(path) }
+        defer { removeStore(path) }
         do {
             let store = try SQLitePASIDStore(path: path, width: 12)
             _ = try store.allocate(owner: "vm", in: nil)
@@ -119,7 +128,7 @@ func temporaryStorePath() -> String {
 
     @Test func deadOwnersAreReclaimed() throws {
         let path = temporaryStorePath()
-        defer { unlink(path) }
+        defer { removeStore(path) }
         let store = try SQLitePASIDStore(path: path)
         let pid = spawnSleeper()
         var lease = ProcessLease(pid: pid, startTime: 0)
@@ -143,7 +152,7 @@ func temporaryStorePath() -> String {
 
     @Test func registerTakesOverFromADeadHolder() throws {
         let path = temporaryStorePath()
-        defer { unlink(path) }
+        defer { removeStore(path) }
         let store = try SQLitePASIDStore(path: path)
         let pid = spawnSleeper()
         for _ in 0..<100 where ProcessLease.startTime(of: pid) == nil { usleep(1000) }
@@ -164,7 +173,7 @@ func temporaryStorePath() -> String {
     // Two connections (as two processes would have) allocating at once never get the same PASID.
     @Test func concurrentConnectionsNeverShareAPASID() throws {
         let path = temporaryStorePath()
-        defer { unlink(path) }
+        defer { removeStore(path) }
         let a = try SQLitePASIDStore(path: path), b = try SQLitePASIDStore(path: path)
         let results = Results()
         let threads = [(a, "vm-a"), (b, "vm-b")].map { store, owner in

@@ -8,6 +8,11 @@ import VirtioIOMMU
 
 func temporaryStore() -> String { "/tmp/vhost-iommu-pasid-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).sqlite" }
 
+/// Removes a store file and its WAL, shared-memory and lock files.
+func removeStore(_ path: String) {
+    for suffix in ["", "-wal", "-shm", ".lock"] { unlink(path + suffix) }
+}
+
 extension Guest {
     func allocPASID(min: PASID = 0, max: PASID = 0) -> (Status?, PASID) {
         let (used, reply) = send(AllocPASIDRequest(min: min, max: max).encoded, writable: 12)
@@ -70,6 +75,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
 @Suite(.serialized) struct PASIDEndToEndTests {
     @Test func auxDomainsThroughTheRealDaemon() throws {
         let store = temporaryStore()
+        defer { removeStore(store) }
         let daemon = try Daemon(["--endpoint", "0x10,pasid=8", "--endpoint", "0x18", "--pasid-store", store, "--vm", "vm-e2e", "--bypass", "off"])
         let guest = try Guest(daemon, acceptPASID: true)
         #expect(guest.features & Features.pasid.rawValue != 0)
@@ -110,6 +116,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
 
     @Test func quotaExhaustionIsNOMEM() throws {
         let store = temporaryStore()
+        defer { removeStore(store) }
         let daemon = try Daemon(["--pasid-store", store, "--vm", "vm-quota", "--pasid-quota", "2"])
         let guest = try Guest(daemon, acceptPASID: true)
         #expect(guest.allocPASID().0 == .ok)
@@ -123,6 +130,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
 
     @Test func defaultOwnerIsDerivedFromTheSocketPath() throws {
         let store = temporaryStore()
+        defer { removeStore(store) }
         let daemon = try Daemon(["--pasid-store", store])
         let guest = try Guest(daemon, acceptPASID: true)
         #expect(guest.allocPASID().0 == .ok)
@@ -132,6 +140,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
     // Two OS processes (two VMs) allocating at once from one store never get the same PASID.
     @Test func twoDaemonsShareOneStore() throws {
         let store = temporaryStore()
+        defer { removeStore(store) }
         let a = try Daemon(["--pasid-store", store, "--vm", "vm-a"])
         let b = try Daemon(["--pasid-store", store, "--vm", "vm-b"])
         let guests = [try Guest(a, acceptPASID: true), try Guest(b, acceptPASID: true)]
@@ -154,6 +163,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
     // reclaimed, another VM's are untouched, and the killed VM can start again.
     @Test func sigkillDuringAllocation() throws {
         let store = temporaryStore()
+        defer { removeStore(store) }
         let survivor = try Daemon(["--pasid-store", store, "--vm", "vm-survivor"])
         let survivorGuest = try Guest(survivor, acceptPASID: true)
         let kept = survivorGuest.allocBatch(10)
@@ -187,6 +197,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
 
     @Test func secondDaemonCannotTakeALiveOwner() throws {
         let store = temporaryStore()
+        defer { removeStore(store) }
         let first = try Daemon(["--pasid-store", store, "--vm", "vm-dup"])
         let second = try Daemon(["--pasid-store", store, "--vm", "vm-dup"], waitForSocket: false)
         #expect(second.waitForExit() != 0)
