@@ -113,7 +113,7 @@ extension VhostUserBackend {
         case .setMemTable:
             try setMemoryTable(&message)
         case .getMaxMemSlots:
-            return Self.u64Payload(UInt64(GuestMemory.maxSlots))
+            return Self.u64Payload(UInt64(memory.maxRegions))
         case .addMemReg:
             let region = try mapRegion(&message, payloadOffset: 8, descriptor: 0, request: request)
             do { try memory.add(region) } catch { throw .invalidArgument(request, "\(error)") }
@@ -203,7 +203,7 @@ extension VhostUserBackend {
 
     private func setMemoryTable(_ message: inout Message) throws(ProtocolError) {
         let count = Int(message.u32(at: 0))
-        var table = GuestMemory()
+        var table = GuestMemory(maxRegions: limits.maxMemoryRegions)
         for i in 0..<count {
             let region = try mapRegion(&message, payloadOffset: 8 + 32 * i, descriptor: i, request: .setMemTable)
             do { try table.add(region) } catch { throw .invalidArgument(.setMemTable, "\(error)") }

@@ -23,12 +23,27 @@ public final class VhostUserBackend: @unchecked Sendable {
         public var guestResetsDetected = 0
     }
 
+    /// Caps on what a front-end can make the engine hold.
+    public struct Limits: Sendable, Hashable {
+        /// Memory regions (GET_MAX_MEM_SLOTS); at least 8 (SET_MEM_TABLE), at most 509.
+        public var maxMemoryRegions: Int
+        /// Bytes of one message's payload; at least 268.
+        public var maxMessageSize: Int
+
+        public init(maxMemoryRegions: Int = GuestMemory.defaultMaxRegions,
+                    maxMessageSize: Int = MessageDecoder.defaultMaxPayloadSize) {
+            self.maxMemoryRegions = maxMemoryRegions
+            self.maxMessageSize = maxMessageSize
+        }
+    }
+
     public let device: any VhostUserDevice
+    public let limits: Limits
     public var logger: Logger
     public internal(set) var statistics = Statistics()
 
     let loop: EventLoop
-    var memory = GuestMemory()
+    var memory: GuestMemory
     let queues: [Virtqueue]
     let offeredFeatures: UInt64
     var ackedFeatures: UInt64 = 0
@@ -43,7 +58,7 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     // The connection being served.
     var connection: FileDescriptor?
-    var decoder = MessageDecoder()
+    var decoder: MessageDecoder
     var output: [UInt8] = []
     var outputOffset = 0
     var disconnectRequested = false
@@ -56,9 +71,13 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// Replies the front-end has not read yet; beyond this it is considered stuck and dropped.
     static let maxPendingOutput = 64 * 1024
 
-    public init(device: any VhostUserDevice, logger: Logger = Logger(label: "vhost-user")) throws(Errno) {
+    public init(device: any VhostUserDevice, limits: Limits = Limits(),
+                logger: Logger = Logger(label: "vhost-user")) throws(Errno) {
         precondition(device.queueCount > 0 && device.queueCount <= 256, "a device has 1 to 256 queues")
         self.device = device
+        self.limits = limits
+        self.memory = GuestMemory(maxRegions: limits.maxMemoryRegions)
+        self.decoder = MessageDecoder(maxPayloadSize: limits.maxMessageSize)
         self.logger = logger
         self.loop = try EventLoop()
         self.queues = (0..<device.queueCount).map { Virtqueue(index: $0) }
@@ -154,7 +173,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         output = []
         outputOffset = 0
         resetDeviceState()
-        memory.removeAll()
+        memory = GuestMemory(maxRegions: limits.maxMemoryRegions)
         ackedFeatures = 0
         protocolFeatures = []
         backendChannel = nil
@@ -175,7 +194,7 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     private func readMessages() {
         guard let fd = connection else { return }
-        withUnsafeTemporaryAllocation(byteCount: MessageDecoder.maxPayloadSize + MessageHeader.size, alignment: 8) { buffer in
+        withUnsafeTemporaryAllocation(byteCount: decoder.maxPayloadSize + MessageHeader.size, alignment: 8) { buffer in
             // Stop reading while replies are pending: a front-end that does not read cannot make us queue without bound.
             while !disconnectRequested && outputOffset >= output.count {
                 let want = decoder.bytesWanted

@@ -21,6 +21,13 @@ public final class MemoryRegion: @unchecked Sendable {
               !guestPhysicalAddress.addingReportingOverflow(size - 1).overflow,
               !userAddress.addingReportingOverflow(size - 1).overflow,
               mmapOffset <= UInt64(Int.max / 2) else { throw .invalidRegion }
+        // A mapping larger than its file would raise SIGBUS on access: the region must fit the file.
+        var info = stat()
+        guard fstat(descriptor.rawValue, &info) == 0 else { throw .invalidRegion }
+        if info.st_mode & S_IFMT == S_IFREG {
+            let (end, overflow) = mmapOffset.addingReportingOverflow(size)
+            guard !overflow, end <= UInt64(info.st_size) else { throw .invalidRegion }
+        }
         let page = UInt64(SystemCall.pageSize())
         let alignedOffset = mmapOffset & ~(page - 1)
         let slack = Int(mmapOffset - alignedOffset)
@@ -68,17 +75,22 @@ public enum MemoryError: Error, Hashable {
 public struct GuestMemory: Sendable {
     /// SET_MEM_TABLE carries at most 8 regions.
     public static let maxTableRegions = 8
-    /// Answer to GET_MAX_MEM_SLOTS, and the cap on ADD_MEM_REG.
-    public static let maxSlots = 32
+    /// The default answer to GET_MAX_MEM_SLOTS, and cap on regions.
+    public static let defaultMaxRegions = 32
+    /// QEMU caps the slots it uses at 512; 509 is what its own back-ends report.
+    public static let maxRegionsLimit = 509
 
     public private(set) var regions: [MemoryRegion] = []
+    public let maxRegions: Int
 
-    public init() {}
+    public init(maxRegions: Int = GuestMemory.defaultMaxRegions) {
+        self.maxRegions = min(max(maxRegions, GuestMemory.maxTableRegions), GuestMemory.maxRegionsLimit)
+    }
 
     public var isEmpty: Bool { regions.isEmpty }
 
     mutating func add(_ region: MemoryRegion) throws(MemoryError) {
-        guard regions.count < Self.maxSlots else { throw .tooManyRegions }
+        guard regions.count < maxRegions else { throw .tooManyRegions }
         let last = region.guestPhysicalAddress + (region.size - 1)
         for existing in regions {
             let existingLast = existing.guestPhysicalAddress + (existing.size - 1)
@@ -99,7 +111,7 @@ public struct GuestMemory: Sendable {
         return true
     }
 
-    mutating func removeAll() { regions.removeAll() }
+    mutating func removeAll() { regions.removeAll(keepingCapacity: false) }
 
     /// `length` bytes at a guest-physical address, if they lie within one region.
     @inline(__always)

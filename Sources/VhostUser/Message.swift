@@ -38,7 +38,7 @@ public enum ProtocolError: Error, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .badFlags(let flags): "bad header flags 0x\(String(flags, radix: 16))"
-        case .payloadTooLarge(let size): "payload of \(size) bytes exceeds \(MessageDecoder.maxPayloadSize)"
+        case .payloadTooLarge(let size): "payload of \(size) bytes exceeds the message-size limit"
         case .unknownRequest(let id): "unknown request \(id)"
         case .badPayloadSize(let request, let size): "\(request): bad payload size \(size)"
         case .badDescriptorCount(let request, let got, let expected): "\(request): \(got) descriptors, expected \(expected)"
@@ -54,15 +54,22 @@ public enum ProtocolError: Error, Hashable, CustomStringConvertible {
 /// message in progress (`bytesWanted`), so a reader that honours it never mixes two messages'
 /// descriptors; descriptors that arrive while a message is in progress belong to it.
 public struct MessageDecoder {
-    public static let maxPayloadSize = 4096
+    /// The default cap on a message's payload; every message this engine accepts fits in 300 bytes.
+    public static let defaultMaxPayloadSize = 4096
+    /// The smallest cap that still admits every accepted message (SET_MEM_TABLE: 264, GET/SET_CONFIG: 268).
+    public static let minimumMaxPayloadSize = 268
     public static let maxConfigSize = 256
+
+    public let maxPayloadSize: Int
 
     private var headerBytes: [UInt8] = []
     private var header: MessageHeader?
     private var payload: [UInt8] = []
     private var pendingDescriptors: [CInt] = []
 
-    public init() {}
+    public init(maxPayloadSize: Int = MessageDecoder.defaultMaxPayloadSize) {
+        self.maxPayloadSize = max(maxPayloadSize, Self.minimumMaxPayloadSize)
+    }
 
     /// Bytes still needed to complete the current header or payload.
     public var bytesWanted: Int {
@@ -91,7 +98,7 @@ public struct MessageDecoder {
                 guard parsed.flags & MessageHeader.versionMask == MessageHeader.version, parsed.flags & ~allowed == 0 else {
                     throw .badFlags(parsed.flags)
                 }
-                guard parsed.size <= Self.maxPayloadSize else { throw .payloadTooLarge(parsed.size) }
+                guard parsed.size <= maxPayloadSize else { throw .payloadTooLarge(parsed.size) }
                 header = parsed
                 payload.reserveCapacity(Int(parsed.size))
             } else {

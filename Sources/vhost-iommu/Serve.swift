@@ -50,6 +50,12 @@ struct Serve: ParsableCommand {
     @Option(help: "Fault events held while the guest posts no event buffer.")
     var maxPendingFaults: Int = Limits().maxPendingFaults
 
+    @Option(help: "Memory regions the front-end may add (8-509).")
+    var maxMemoryRegions: Int = GuestMemory.defaultMaxRegions
+
+    @Option(help: "Largest vhost-user message payload accepted, in bytes (268-1048576).")
+    var maxMessageSize: Int = MessageDecoder.defaultMaxPayloadSize
+
     @Option(help: "Serve control requests (JSON lines) on this UNIX socket path (mode 0600).")
     var controlSocket: String?
 
@@ -75,6 +81,12 @@ struct Serve: ParsableCommand {
             throw ValidationError("exactly one of --socket-path and --fd is required")
         }
         if let fd, fd < 0 { throw ValidationError("--fd must be a descriptor number") }
+        guard (GuestMemory.maxTableRegions...GuestMemory.maxRegionsLimit).contains(maxMemoryRegions) else {
+            throw ValidationError("--max-memory-regions must be \(GuestMemory.maxTableRegions)...\(GuestMemory.maxRegionsLimit)")
+        }
+        guard (MessageDecoder.minimumMaxPayloadSize...(1 << 20)).contains(maxMessageSize) else {
+            throw ValidationError("--max-message-size must be \(MessageDecoder.minimumMaxPayloadSize)...1048576")
+        }
         if let pasidQuota, pasidQuota < 0 { throw ValidationError("--pasid-quota must not be negative") }
         if let width = pasidStore.width, !(1...maxPASIDWidth).contains(width) {
             throw ValidationError("--pasid-width must be 1...\(maxPASIDWidth)")
@@ -139,7 +151,9 @@ struct Serve: ParsableCommand {
             if let durable = store as? SQLitePASIDStore { try? durable.unregister(owner: owner) }
         }
         let device = try IOMMUDevice(configuration: deviceConfiguration(), pasidStore: store, owner: owner)
-        let backend = try VhostUserBackend(device: device, logger: Logger(label: "vhost-user"))
+        let backend = try VhostUserBackend(
+            device: device, limits: .init(maxMemoryRegions: maxMemoryRegions, maxMessageSize: maxMessageSize),
+            logger: Logger(label: "vhost-user"))
         device.waker.withLock { $0 = backend.waker }
         let control = try controlSocket.map { try ControlServer(path: $0, device: device, logger: logger) }
         control?.backendCounters.withLock { $0 = { backend.availableChains(queue: IOMMUDevice.eventQueue) } }

@@ -167,3 +167,20 @@ final class Semaphore: @unchecked Sendable {
     func signal() { sem_post(&semaphore) }
     func wait() { sem_wait(&semaphore) }
 }
+
+/// A region larger than the file behind it would fault (SIGBUS) on access: it is refused.
+@Suite struct RegionBoundsTests {
+    @Test func regionMustFitItsFile() throws {
+        let h = try Harness()
+        try h.frontend.initialize(queues: h.queues)
+        var description = h.memory.regionDescription
+        description.replaceSubrange(8..<16, with: TestFrontend.bytes(UInt64(h.memory.size) * 2))
+        #expect(try h.frontend.sendAcked(.setMemTable, [1, 0, 0, 0, 0, 0, 0, 0] + description,
+                                         fds: [h.memory.descriptor.rawValue]) == false)
+        var offset = h.memory.regionDescription
+        offset.replaceSubrange(24..<32, with: TestFrontend.bytes(UInt64(4096)))  // size + offset past the end
+        #expect(try h.frontend.sendAcked(.setMemTable, [1, 0, 0, 0, 0, 0, 0, 0] + offset,
+                                         fds: [h.memory.descriptor.rawValue]) == false)
+        #expect(try h.frontend.setMemTable([h.memory]))
+    }
+}

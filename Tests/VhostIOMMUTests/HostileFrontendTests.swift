@@ -1,0 +1,170 @@
+import Foundation
+import Glibc
+import Testing
+import VhostUser
+import VhostUserTestSupport
+import VirtioIOMMU
+
+/// Open descriptors of another process.
+func descriptorCount(of pid: Int32) -> Int {
+    guard let dir = opendir("/proc/\(pid)/fd") else { return -1 }
+    defer { closedir(dir) }
+    var count = 0
+    while readdir(dir) != nil { count += 1 }
+    return count - 2  // . and ..
+}
+
+/// Resident memory of another process, in KiB.
+func residentKiB(of pid: Int32) -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return -1 }
+    return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" })[1]) ?? -1
+}
+
+/// Waits until `condition` holds (the daemon cleans up on its own thread).
+func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        if ContinuousClock.now > deadline { return false }
+        usleep(2000)
+    }
+    return true
+}
+
+/// A front-end that misbehaves: the daemon must answer with a clean error or a clean disconnect, never
+/// crash, never leak a descriptor, and keep serving (hardening issue; docs/security.md).
+@Suite(.serialized) struct HostileFrontendTests {
+    @Test func garbageAndHugeMessages() throws {
+        let daemon = try Daemon(["--reconnect"])
+        let pid = daemon.process.processIdentifier
+        let baseline = descriptorCount(of: pid)
+        var rng = SystemRandomNumberGenerator()
+        let inputs: [[UInt8]] = [
+            (0..<1024).map { _ in UInt8.random(in: 0...255, using: &rng) },
+            MessageHeader(request: 5, flags: 1, size: 0xffff_fff0).bytes,             // huge size
+            MessageHeader(request: 1, flags: 0x7, size: 0).bytes,                      // REPLY bit from the front-end
+            MessageHeader(request: 0xdead, flags: 1, size: 8).bytes + [1, 2, 3, 4, 5, 6, 7, 8],  // unknown request
+            MessageHeader(request: 5, flags: 1, size: 200).bytes + [UInt8](repeating: 0xff, count: 50),  // truncated
+        ]
+        for input in inputs {
+            let frontend = try daemon.connect()
+            try? frontend.sendRaw(input)
+            frontend.disconnect()
+        }
+        #expect(eventually { descriptorCount(of: pid) == baseline }, "descriptors: \(descriptorCount(of: pid)) vs \(baseline)")
+        // Still serving.
+        let guest = try Guest(daemon)
+        #expect(guest.status(AttachRequest(domain: 1, endpoint: 1).encoded) == .ok)
+        #expect(daemon.process.isRunning)
+    }
+
+    @Test func wrongDescriptorCountsLeakNothing() throws {
+        let daemon = try Daemon()
+        let pid = daemon.process.processIdentifier
+        let frontend = try daemon.connect()
+        try frontend.setProtocolFeatures(.supported)
+        let memory = try SharedMemory(size: 1 << 20)
+        let a = try SystemCall.eventFD(), b = try SystemCall.eventFD()
+        defer { close(a.rawValue); close(b.rawValue) }
+        _ = try frontend.getFeatures()
+        let baseline = descriptorCount(of: pid)
+        // One region described, three descriptors sent.
+        #expect(try frontend.sendAcked(.setMemTable, [1, 0, 0, 0, 0, 0, 0, 0] + memory.regionDescription,
+                                       fds: [memory.descriptor.rawValue, a.rawValue, b.rawValue]) == false)
+        #expect(try frontend.sendAcked(.setVringKick, TestFrontend.bytes(UInt64(0)), fds: [a.rawValue, b.rawValue]) == false)
+        try frontend.send(.getFeatures, fds: [a.rawValue, b.rawValue, memory.descriptor.rawValue])
+        #expect(try frontend.receiveReply(to: .getFeatures).isEmpty)
+        #expect(try frontend.sendAcked(.setVringCall, TestFrontend.bytes(UInt64(1 << 8)), fds: [a.rawValue]) == false)
+        #expect(eventually { descriptorCount(of: pid) == baseline }, "descriptors: \(descriptorCount(of: pid)) vs \(baseline)")
+    }
+
+    /// QEMU's initialization and start, one step at a time.
+    func steps(_ frontend: TestFrontend, _ memory: SharedMemory, _ queues: [DriverQueue]) -> [() throws -> Void] {
+        var list: [() throws -> Void] = [
+            { _ = try frontend.getFeatures() },
+            { try frontend.setProtocolFeatures(.supported) },
+            { _ = try frontend.getU64(.getQueueNum) },
+            { try frontend.setOwner() },
+            { try frontend.setFeatures(TransportFeatures.all | Features.standard.rawValue) },
+            { try frontend.setMemTable([memory]) },
+        ]
+        for queue in queues {
+            list += [
+                { try frontend.setVringNum(queue.index, queue.size) },
+                { try frontend.setVringBase(queue.index, 0) },
+                { let a = queue.userAddresses
+                  try frontend.setVringAddr(queue.index, descriptors: a.descriptors, used: a.used, avail: a.avail) },
+                { try frontend.setVringFD(.setVringKick, queue.index, queue.kick.rawValue) },
+                { try frontend.setVringFD(.setVringCall, queue.index, queue.call.rawValue) },
+                { try frontend.setVringEnable(queue.index, true) },
+            ]
+        }
+        list.append { try frontend.setStatus(0x0f) }
+        return list
+    }
+
+    @Test func disconnectAtEveryStep() throws {
+        let daemon = try Daemon(["--reconnect"])
+        let pid = daemon.process.processIdentifier
+        let baseline = descriptorCount(of: pid)
+        let memory = try SharedMemory(size: 1 << 20)
+        let queues = try (0..<2).map { try DriverQueue(memory: memory, index: $0, size: 64) }
+        let total = steps(try daemon.connect(), memory, queues).count
+        for stop in 0...total {
+            let frontend = try daemon.connect()
+            for step in steps(frontend, memory, queues).prefix(stop) { try step() }
+            frontend.disconnect()
+            #expect(eventually { descriptorCount(of: pid) == baseline }, "after \(stop) steps: \(descriptorCount(of: pid)) vs \(baseline)")
+        }
+        let guest = try Guest(daemon)
+        #expect(guest.status(AttachRequest(domain: 1, endpoint: 1).encoded) == .ok)
+    }
+
+    // A front-end that stops reading replies blocks neither the device's queues nor the daemon.
+    @Test func frontendThatStopsReading() throws {
+        let daemon = try Daemon()
+        let guest = try Guest(daemon)
+        try SystemCall.setNonBlocking(guest.frontend.socket.descriptor)
+        var sent = 0
+        let request = MessageHeader(request: FrontendRequest.getFeatures.rawValue, flags: 1, size: 0).bytes
+        while sent < 100_000 {
+            let n = request.withUnsafeBytes { (try? SystemCall.send(guest.frontend.socket.descriptor, $0)) ?? 0 }
+            if n == 0 { break }
+            sent += 1
+        }
+        #expect(sent < 100_000)  // the socket filled up: the daemon stopped reading
+        // The rings still run.
+        #expect(guest.status(AttachRequest(domain: 4, endpoint: 4).encoded) == .ok)
+        #expect(daemon.process.isRunning)
+        guest.frontend.disconnect()
+        #expect(daemon.waitForExit() == 0)
+    }
+
+    // A guest that floods MAP gets NOMEM at the cap, and the daemon's memory stays bounded.
+    @Test func mapFloodIsBounded() throws {
+        let daemon = try Daemon(["--max-mappings", "100000", "--bypass", "off"])
+        let pid = daemon.process.processIdentifier
+        let guest = try Guest(daemon)
+        #expect(guest.status(AttachRequest(domain: 1, endpoint: 1).encoded) == .ok)
+        let before = residentKiB(of: pid)
+        var next: UInt64 = 0
+        for _ in 0..<(150_000 / 250) {
+            var heads: [UInt16] = []
+            for _ in 0..<250 {
+                let iova = next << 12
+                next += 1
+                heads.append(guest.requests.add(readable: [MapRequest(domain: 1, virtualStart: iova, virtualEnd: iova + 0xfff,
+                                                                      physicalStart: iova, flags: 3).encoded],
+                                                writable: [4], indirect: true))
+            }
+            guest.requests.kickNow()
+            #expect(guest.requests.waitForUsed(heads.count, timeout: .seconds(20)).count == heads.count)
+            guest.memory.resetAllocations(keeping: guest.memory.allocated - heads.count * (36 + 4 + 32 + 16))
+        }
+        let after = residentKiB(of: pid)
+        #expect(try daemon.requestCount("MAP", "OK") == 100_000)
+        #expect(try daemon.requestCount("MAP", "NOMEM") == 50_000)
+        // 100k mappings at ≤ 64 bytes each is ~6 MiB; allow for allocator slack, not for unbounded growth.
+        #expect(after - before < 32 * 1024, "RSS grew \(after - before) KiB")
+    }
+}
