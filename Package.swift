@@ -54,6 +54,14 @@ let package = Package(
         .testTarget(name: "VhostIOMMUTests", dependencies: [
             "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore",
         ]),
+        // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer -DFUZZING; plain builds
+        // make small programs that replay inputs).
+        .target(name: "FuzzSupport"),
+        .executableTarget(name: "FuzzRequests", dependencies: ["FuzzSupport", "VirtioIOMMU", "PASIDStore"]),
+        .executableTarget(name: "FuzzMessages", dependencies: [
+            "FuzzSupport", "VhostUser", .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "FuzzChains", dependencies: ["FuzzSupport", "VhostUser"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -434,10 +434,10 @@ public struct MappingTable: Sendable {
         branchCounts[Int(branch)] = Int32(n - 1)
     }
 
-    // MARK: Invariants (tests)
+    // MARK: Invariants (tests and fuzzers)
 
     /// Checks every structural invariant; returns a description of the first violation.
-    func invariantViolation() -> String? {
+    @_spi(Fuzzing) public func invariantViolation() -> String? {
         guard root >= 0 else { return count == 0 ? nil : "empty root with count \(count)" }
         var seen = 0
         var leaves: [Int32] = []

@@ -1,0 +1,137 @@
+// libFuzzer target: the vhost-user message stream, split into chunks that carry fuzzed numbers of
+// real descriptors (memfds and eventfds), through the engine's decoder, validation and handlers.
+// After each input the "connection" ends; no descriptor may be left open.
+import FuzzSupport
+import Glibc
+import Logging
+@_spi(Fuzzing) import VhostUser
+
+/// A two-queue device that echoes requests, for the engine alone.
+final class EchoDevice: VhostUserDevice {
+    var config: [UInt8] = [UInt8](repeating: 7, count: 40)
+    var deviceFeatures: UInt64 { 0b101 }
+    var queueCount: Int { 2 }
+    var maxQueueSize: Int { 256 }
+    func readConfig() -> [UInt8] { config }
+    func writeConfig(offset: Int, bytes: [UInt8], migration: Bool) -> Bool {
+        guard offset >= 0, offset + bytes.count <= config.count else { return false }
+        config.replaceSubrange(offset..<offset + bytes.count, with: bytes)
+        return true
+    }
+    func setNegotiatedFeatures(_ features: UInt64) {}
+    func mode(ofQueue queue: Int) -> QueueMode { queue == 0 ? .onKick : .onDemand }
+    func hasPendingWork(queue: Int) -> Bool { false }
+    func process(queue: Int, readable: ChainReadable, writable: ChainWritable) -> Int {
+        var n = 0
+        for part in writable { n += part.count }
+        return n
+    }
+    func reset() {}
+}
+
+let backend: VhostUserBackend = {
+    var logger = Logger(label: "fuzz")
+    logger.logLevel = .critical
+    return try! VhostUserBackend(device: EchoDevice(), limits: .init(maxMemoryRegions: 8), logger: logger)
+}()
+nonisolated(unsafe) var baselineEventFDs = -1
+
+/// Descriptors this target hands to the engine, by what they point at: the fuzz memfds and eventfds.
+/// (libFuzzer opens files of its own between inputs, so only these are counted.)
+func descriptorsOfFuzzKinds() -> (memfds: Int, eventfds: Int) {
+    guard let dir = opendir("/proc/self/fd") else { return (-1, -1) }
+    defer { closedir(dir) }
+    var memfds = 0, eventfds = 0
+    var target = [CChar](repeating: 0, count: 256)
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let n = readlink("/proc/self/fd/" + name, &target, 255)
+        guard n > 0 else { continue }
+        let link = String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if link.hasPrefix("/memfd:fuzz") { memfds += 1 } else if link == "anon_inode:[eventfd]" { eventfds += 1 }
+    }
+    return (memfds, eventfds)
+}
+
+/// A descriptor of the kind a front-end sends: guest RAM (a 64 KiB memfd) or an eventfd.
+func makeDescriptor(_ kind: UInt8) -> CInt {
+    if kind % 2 == 0, let fd = try? SystemCall.memfd(name: "fuzz", size: 65536) { return fd.rawValue }
+    return (try? SystemCall.eventFD())?.rawValue ?? -1
+}
+
+func fuzzMessages(_ data: UnsafeBufferPointer<UInt8>) {
+    if baselineEventFDs < 0 {
+        _ = backend.limits  // the engine's own wake eventfd exists before the baseline
+        baselineEventFDs = descriptorsOfFuzzKinds().eventfds
+    }
+    var input = ByteReader(data)
+    while !input.isAtEnd {
+        let length = Int(input.u16() % 600)
+        let kinds = input.u8()
+        let count = Int(kinds % 4)
+        let fds = (0..<count).map { makeDescriptor(kinds >> (2 + $0)) }.filter { $0 >= 0 }
+        let chunk = input.take(min(length, input.remaining))
+        chunk.withUnsafeBytes { backend.fuzzFeed($0, descriptors: fds) }
+    }
+    backend.fuzzDisconnect()
+    let now = descriptorsOfFuzzKinds()
+    precondition(now.memfds == 0 && now.eventfds == baselineEventFDs,
+                 "descriptor leak: \(now.memfds) memfds and \(now.eventfds) eventfds open (\(baselineEventFDs) before)")
+}
+
+#if FUZZING
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    fuzzMessages(UnsafeBufferPointer(start: data, count: size))
+    return 0
+}
+
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
+                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt) -> CInt
+
+@_cdecl("FuzzMessages_main")
+public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var count = argc, vector = argv
+    return LLVMFuzzerRunDriver(&count, &vector, fuzzOne)
+}
+#else
+@main struct FuzzMessagesMain {
+    static func main() throws {
+        if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--write-seeds" {
+            return writeSeeds(to: CommandLine.arguments[2])
+        }
+        try replay("FuzzMessages", fuzzMessages)
+    }
+}
+#endif
+
+/// The seed corpus: QEMU's handshake and start, as chunks in this target's input format.
+func writeSeeds(to directory: String) {
+    func message(_ request: FrontendRequest, _ payload: [UInt8] = [], fds: UInt8 = 0, flags: UInt32 = 9) -> [UInt8] {
+        let body = MessageHeader(request: request.rawValue, flags: flags, size: UInt32(payload.count)).bytes + payload
+        return [UInt8(body.count & 0xff), UInt8(body.count >> 8), fds] + body
+    }
+    func u32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
+    func u64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v) { Array($0) } }
+    let region = u64(0) + u64(65536) + u64(0x7000_0000) + u64(0)
+    let handshake = message(.getFeatures) + message(.getProtocolFeatures)
+        + message(.setProtocolFeatures, u64(0x1_a229)) + message(.getQueueNum) + message(.setOwner)
+        + message(.setFeatures, u64(0x1_7000_0005))
+    let rings = message(.setMemTable, u32(1) + u32(0) + region, fds: 1)
+        + message(.setVringNum, u32(0) + u32(16)) + message(.setVringBase, u32(0) + u32(0))
+        + message(.setVringAddr, u32(0) + u32(0) + u64(0x7000_0000) + u64(0x7000_1000) + u64(0x7000_0800) + u64(0))
+        + message(.setVringKick, u64(0), fds: 1 | 1 << 2) + message(.setVringCall, u64(0), fds: 1 | 1 << 2)
+        + message(.setVringEnable, u32(0) + u32(1)) + message(.setStatus, u64(15))
+    let config = message(.getConfig, u32(0) + u32(40) + u32(0) + [UInt8](repeating: 0, count: 40))
+        + message(.setConfig, u32(36) + u32(1) + u32(0) + [1])
+    let memory = message(.getMaxMemSlots) + message(.addMemReg, u64(0) + region, fds: 1)
+        + message(.remMemReg, u64(0) + region)
+    let stop = message(.setVringEnable, u32(0) + u32(0)) + message(.getVringBase, u32(0) + u32(0))
+        + message(.resetDevice) + message(.getStatus)
+    for (name, bytes) in [("handshake", handshake), ("start", handshake + rings), ("config", handshake + config),
+                          ("memory", handshake + memory), ("stop", handshake + rings + stop)] {
+        writeFile("\(directory)/\(name)", bytes)
+    }
+}

@@ -1,0 +1,42 @@
+/// Consistency checks over the whole device state, for fuzzers and randomized tests.
+@_spi(Fuzzing)
+extension Device {
+    /// A description of the first broken invariant, or nil.
+    public func invariantViolation() -> String? {
+        var total = 0
+        for (id, domain) in domains {
+            guard domain.id == id else { return "domain \(id) stored under another id" }
+            guard domain.isHeld else { return "domain \(id) has no attachment" }
+            if let problem = domain.mappings.invariantViolation() { return "domain \(id): \(problem)" }
+            total += domain.mappings.count
+            if domain.isBypass && !domain.mappings.isEmpty { return "bypass domain \(id) has mappings" }
+            for member in domain.endpoints where endpoints[member]?.domain != id {
+                return "domain \(id) lists endpoint \(member), which is elsewhere"
+            }
+            for member in domain.auxEndpoints {
+                guard let pasid = domain.auxPASID, endpoints[member]?.auxDomains[pasid] == id else {
+                    return "domain \(id) lists aux endpoint \(member) without the matching attachment"
+                }
+            }
+            if domain.auxEndpoints.isEmpty != (domain.auxPASID == nil) { return "domain \(id) aux PASID out of step" }
+            for mapping in domain.mappings.mappings where domain.overlapsReservedRange(mapping.range) {
+                return "domain \(id) maps over a reserved region"
+            }
+        }
+        guard total == mappingCount else { return "mapping count \(mappingCount), tables hold \(total)" }
+        guard domains.count <= configuration.limits.maxDomains else { return "too many domains" }
+        for (id, endpoint) in endpoints {
+            if let domain = endpoint.domain, domains[domain]?.endpoints.contains(id) != true {
+                return "endpoint \(id) points at domain \(domain), which does not list it"
+            }
+            if !endpoint.auxDomains.isEmpty && endpoint.domain == nil { return "endpoint \(id) has aux domains but no primary" }
+            for (pasid, domain) in endpoint.auxDomains {
+                guard heldPASIDs.contains(pasid), domains[domain]?.auxPASID == pasid else {
+                    return "endpoint \(id) aux (\(pasid) → \(domain)) inconsistent"
+                }
+            }
+        }
+        guard faults.count <= configuration.limits.maxPendingFaults else { return "fault queue over its bound" }
+        return nil
+    }
+}
