@@ -1,5 +1,5 @@
 import Testing
-@testable import VirtioIOMMU
+@_spi(Fuzzing) @testable import VirtioIOMMU
 
 /// How requests are framed in descriptor chains (virtio 1.4 §5.13.6, §5.13.6.1).
 @Suite struct FramingTests {

@@ -1,5 +1,5 @@
 import Testing
-@testable import VirtioIOMMU
+@_spi(Fuzzing) @testable import VirtioIOMMU
 
 /// A deterministic generator so that every randomized test can be replayed from its printed seed.
 struct SplitMix64: RandomNumberGenerator {

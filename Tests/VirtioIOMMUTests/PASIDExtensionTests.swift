@@ -1,6 +1,6 @@
 import PASIDStore
 import Testing
-@testable import VirtioIOMMU
+@_spi(Fuzzing) @testable import VirtioIOMMU
 
 extension Device {
     /// ALLOC_PASID with a writable part of `writable` bytes: the status and the PASID written.

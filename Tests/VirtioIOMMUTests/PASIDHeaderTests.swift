@@ -1,6 +1,6 @@
 import Glibc
 import Testing
-@testable import VirtioIOMMU
+@_spi(Fuzzing) @testable import VirtioIOMMU
 
 /// include/virtio_iommu_pasid.h must agree with the model's wire format: a C compiler checks the
 /// sizes and offsets against the numbers the Swift encoders produce.

@@ -1,5 +1,5 @@
 import Testing
-@testable import VirtioIOMMU
+@_spi(Fuzzing) @testable import VirtioIOMMU
 
 /// A deliberately naive virtio-iommu: linear lists, no trees, rules written straight from the spec
 /// in the order docs/device-behaviour.md gives. The real model must agree with it on every status
@@ -162,6 +162,9 @@ struct NaiveIOMMU {
                 } catch {
                     Issue.record("\(context): unexpected \(error)")
                 }
+            }
+            if step % 100 == 0 {
+                #expect(device.invariantViolation() == nil, "\(context)")
             }
             if step % 500 == 0 {
                 for (id, d) in naive.domains {

@@ -1,5 +1,5 @@
 import Testing
-@testable import VirtioIOMMU
+@_spi(Fuzzing) @testable import VirtioIOMMU
 
 /// One test per device requirement of virtio 1.4 §5.13 that a device can observe
 /// (numbering from shared/reference/virtio-iommu.md §1.10; D5's system reset and D46 are not observable).

@@ -1,5 +1,5 @@
 import PASIDStore
-@testable import VirtioIOMMU
+@_spi(Fuzzing) @testable import VirtioIOMMU
 
 /// Endpoint 8 has the x86 MSI window; endpoint 9 has a plain reserved region; endpoint 10 has none.
 let msiEndpoint: UInt32 = 8
