@@ -62,6 +62,8 @@ public final class VhostUserBackend: @unchecked Sendable {
     var output: [UInt8] = []
     var outputOffset = 0
     var disconnectRequested = false
+    /// Whether the connection is watched for writability (replies pending) instead of input.
+    private var waitingToWrite = false
 
     static let connectionToken: UInt64 = 2
     static let listenerToken: UInt64 = 3
@@ -136,6 +138,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         try loop.add(fd, token: Self.connectionToken)
         connection = fd
         disconnectRequested = false
+        waitingToWrite = false
         defer {
             loop.remove(fd)
             connection = nil
@@ -153,8 +156,14 @@ public final class VhostUserBackend: @unchecked Sendable {
                 case EventLoop.wakeToken:
                     SystemCall.drain(loop.wakeDescriptor.descriptor)
                 case Self.connectionToken:
-                    if events & cvu_epollout != 0 { flushOutput() }
-                    if events & (cvu_epollin | cvu_epollhup | cvu_epollerr) != 0 { readMessages() }
+                    let hangup = events & (cvu_epollhup | cvu_epollerr) != 0
+                    if events & cvu_epollout != 0 || hangup { flushOutput() }
+                    if hangup && outputOffset < output.count {
+                        // The front-end is gone with replies unread: nothing more can be said to it.
+                        disconnectRequested = true
+                    } else if events & cvu_epollin != 0 || hangup {
+                        readMessages()
+                    }
                 default:
                     if token >= Self.kickTokenBase, Int(token - Self.kickTokenBase) < queues.count {
                         kicked(queues[Int(token - Self.kickTokenBase)])
@@ -245,12 +254,13 @@ public final class VhostUserBackend: @unchecked Sendable {
                 if output.count - outputOffset > Self.maxPendingOutput {
                     logger.error("front-end is not reading replies; closing the connection")
                     disconnectRequested = true
-                } else {
+                } else if !waitingToWrite {
+                    waitingToWrite = true
                     try? loop.modify(fd, token: Self.connectionToken, writable: true)
                 }
                 return
             } catch {
-                logger.error("socket send failed: \(error)")
+                logger.warning("socket send failed, closing the connection: \(error)")
                 disconnectRequested = true
                 return
             }
@@ -258,8 +268,11 @@ public final class VhostUserBackend: @unchecked Sendable {
         }
         output.removeAll(keepingCapacity: true)
         outputOffset = 0
-        // epoll is level-triggered: messages left unread while replies were pending show up again.
-        try? loop.modify(fd, token: Self.connectionToken, writable: false)
+        if waitingToWrite {
+            // Back to reading; epoll is level-triggered, so messages left unread show up again.
+            waitingToWrite = false
+            try? loop.modify(fd, token: Self.connectionToken, writable: false)
+        }
     }
 
     // MARK: Queues

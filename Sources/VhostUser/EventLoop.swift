@@ -33,8 +33,10 @@ final class EventLoop {
         try SystemCall.epollControl(epoll.descriptor, EPOLL_CTL_ADD, fd, events: events(writable), data: token)
     }
 
+    /// Switches a descriptor between waiting to read and waiting to write. While writing it is not
+    /// watched for input, so unread input cannot spin the loop (hang-ups are reported either way).
     func modify(_ fd: FileDescriptor, token: UInt64, writable: Bool) throws(Errno) {
-        try SystemCall.epollControl(epoll.descriptor, EPOLL_CTL_MOD, fd, events: events(writable), data: token)
+        try SystemCall.epollControl(epoll.descriptor, EPOLL_CTL_MOD, fd, events: writable ? cvu_epollout : cvu_epollin, data: token)
     }
 
     func remove(_ fd: FileDescriptor) {
