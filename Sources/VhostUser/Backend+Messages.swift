@@ -8,7 +8,7 @@ extension VhostUserBackend {
                                                         .getQueueNum, .getConfig, .getMaxMemSlots, .getStatus]
 
     func handle(_ message: consuming Message) {
-        statistics.messages += 1
+        record { $0.messages += 1 }
         let header = message.header
         let request = message.request
         logger.debug("message", metadata: ["request": "\(request.map(\.name) ?? "\(header.request)")",
@@ -20,7 +20,7 @@ extension VhostUserBackend {
             body = try dispatch(&message)
         } catch {
             failure = error
-            statistics.refusedMessages += 1
+            record { $0.refusedMessages += 1 }
             logger.warning("refused: \(error)")
         }
         let reply = MessageHeader(request: header.request, flags: MessageHeader.replyFlags, size: 0)
@@ -237,7 +237,7 @@ extension VhostUserBackend {
     /// RESET_DEVICE): reset the device before any ring runs. An unchanged base is a pause: keep state.
     private func setBase(_ queue: Virtqueue, _ base: UInt16) {
         if let previous = queue.lastStoppedBase, previous != base {
-            statistics.guestResetsDetected += 1
+            record { $0.guestResetsDetected += 1 }
             logger.info("queue \(queue.index) restarts at \(base), not \(previous): guest reset, device state cleared")
             device.reset()
             for other in queues { other.lastStoppedBase = nil }

@@ -40,7 +40,11 @@ public final class VhostUserBackend: @unchecked Sendable {
     public let device: any VhostUserDevice
     public let limits: Limits
     public var logger: Logger
-    public internal(set) var statistics = Statistics()
+    /// Engine counters; safe to read from any thread.
+    public var statistics: Statistics { counters.withLock { $0 } }
+    private let counters = Mutex(Statistics())
+
+    func record(_ change: (inout Statistics) -> Void) { counters.withLock { change(&$0) } }
 
     let loop: EventLoop
     var memory: GuestMemory
@@ -298,7 +302,7 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     func ringFailed(_ queue: Virtqueue, _ error: RingError) {
         queue.markBroken(error)
-        statistics.ringErrors += 1
+        record { $0.ringErrors += 1 }
         logger.error("queue \(queue.index) stopped until reset: \(error)")
     }
 
@@ -320,7 +324,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                     var length = 0
                     if let chainError {
                         queue.countBadChain()
-                        statistics.badChains += 1
+                        record { $0.badChains += 1 }
                         logger.warning("queue \(queue.index): bad chain at head \(head): \(chainError)")
                     } else if queue.enabled {
                         length = queue.readable.withUnsafeBufferPointer { r in
