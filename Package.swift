@@ -54,6 +54,8 @@ let package = Package(
         .testTarget(name: "VhostIOMMUTests", dependencies: [
             "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore",
         ]),
+        // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/benchmarks.md).
+        .executableTarget(name: "vhost-iommu-bench", dependencies: ["VirtioIOMMU"]),
         // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer -DFUZZING; plain builds
         // make small programs that replay inputs).
         .target(name: "FuzzSupport"),

@@ -1,0 +1,52 @@
+/// A small timing harness: the median of several repetitions, reported in nanoseconds per operation,
+/// with ratios against a baseline measured in the same run.
+@inline(never)
+func measure(iterations: Int, repetitions: Int = 5, _ body: () -> Void) -> Double {
+    var samples: [Double] = []
+    let clock = ContinuousClock()
+    for _ in 0..<repetitions {
+        let start = clock.now
+        for _ in 0..<iterations { body() }
+        let elapsed = clock.now - start
+        let ns = Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9
+        samples.append(ns / Double(iterations))
+    }
+    return samples.sorted()[samples.count / 2]
+}
+
+struct Report {
+    var lines: [String] = []
+
+    mutating func add(_ group: String, _ name: String, _ ns: Double, baseline: Double? = nil) {
+        var line = "\(group.padded(22)) \(name.padded(40)) \(format(ns)) ns"
+        if let baseline { line += "   sorted array \(format(baseline)) ns, ratio \(format(baseline / ns))×" }
+        lines.append(line)
+        print(line)
+    }
+
+    mutating func note(_ group: String, _ name: String, _ value: Double) {
+        let line = "\(group.padded(22)) \(name.padded(40)) \(format(value))"
+        lines.append(line)
+        print(line)
+    }
+
+    func format(_ value: Double) -> String {
+        let rounded = (value * 10).rounded() / 10
+        return String(rounded)
+    }
+}
+
+@main
+struct BenchmarkMain {
+    static func main() {
+        let arguments = CommandLine.arguments.dropFirst()
+        let sizes = arguments.contains("--quick") ? [1_000, 100_000] : [1_000, 100_000, 1_000_000]
+        var report = Report()
+        print("device model (ns per operation; median of 5)")
+        DeviceModelBenchmark.run(sizes: sizes, report: &report)
+    }
+}
+
+extension String {
+    func padded(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}
