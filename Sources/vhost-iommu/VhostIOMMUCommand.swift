@@ -7,7 +7,7 @@ struct VhostIOMMUCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vhost-iommu",
         abstract: "A virtio-iommu device served over vhost-user.",
-        subcommands: [Serve.self, PASIDCommand.self],
+        subcommands: [Serve.self, PASIDCommand.self, VIOTCommand.self],
         defaultSubcommand: Serve.self)
 
     /// Parses and runs; a bad command line gets a one-line error and EX_USAGE (64).
