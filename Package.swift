@@ -55,7 +55,7 @@ let package = Package(
             "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore",
         ]),
         // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/benchmarks.md).
-        .executableTarget(name: "vhost-iommu-bench", dependencies: ["VirtioIOMMU"]),
+        .executableTarget(name: "vhost-iommu-bench", dependencies: ["VirtioIOMMU", "VhostUser", "VhostUserTestSupport"]),
         // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer -DFUZZING; plain builds
         // make small programs that replay inputs).
         .target(name: "FuzzSupport"),

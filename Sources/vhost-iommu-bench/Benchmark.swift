@@ -42,8 +42,12 @@ struct BenchmarkMain {
         let arguments = CommandLine.arguments.dropFirst()
         let sizes = arguments.contains("--quick") ? [1_000, 100_000] : [1_000, 100_000, 1_000_000]
         var report = Report()
-        print("device model (ns per operation; median of 5)")
-        DeviceModelBenchmark.run(sizes: sizes, report: &report)
+        if !arguments.contains("--vhost-user-only") {
+            print("device model (ns per operation; median of 5)")
+            DeviceModelBenchmark.run(sizes: sizes, report: &report)
+        }
+        print("vhost-user path (test front-end → real daemon)")
+        VhostUserPathBenchmark.run(report: &report)
     }
 }
 

@@ -1,0 +1,97 @@
+import Glibc
+import VhostUser
+import VhostUserTestSupport
+import VirtioIOMMU
+
+/// The vhost-user path: the test front-end drives the real daemon over a real socket, with memfd
+/// guest memory and eventfds, polling the used ring the way the Linux driver spins.
+enum VhostUserPathBenchmark {
+    /// Starts `vhost-iommu` from the same build folder; returns its pid and socket path.
+    static func startDaemon() -> (pid_t, String)? {
+        var exe = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &exe, exe.count - 1)
+        guard n > 0 else { return nil }
+        let path = String(decoding: exe[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let daemon = String(path[..<path.lastIndex(of: "/")!]) + "/vhost-iommu"
+        let socket = "/tmp/vhost-iommu-bench-\(getpid()).sock"
+        let arguments = [daemon, "--socket-path", socket, "--pasid-store", "memory", "--log-level", "error", "--bypass", "off"]
+        var argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, daemon, nil, nil, &argv, environ) == 0 else { return nil }
+        for _ in 0..<5000 where access(socket, F_OK) != 0 { usleep(1000) }
+        return (pid, socket)
+    }
+
+    static func run(report: inout Report) {
+        for eventIndex in [true, false] {
+            guard let (pid, socket) = startDaemon() else { print("cannot start the daemon"); return }
+            defer { kill(pid, SIGTERM); var s: Int32 = 0; waitpid(pid, &s, 0) }
+            do {
+                try measureOne(socket: socket, eventIndex: eventIndex, report: &report)
+            } catch {
+                print("vhost-user benchmark failed: \(error)")
+            }
+        }
+    }
+
+    static func measureOne(socket: String, eventIndex: Bool, report: inout Report) throws {
+        let frontend = try TestFrontend(connectingTo: socket)
+        let memory = try SharedMemory(size: 64 << 20)
+        let requests = try DriverQueue(memory: memory, index: 0, size: 256)
+        let events = try DriverQueue(memory: memory, index: 1, size: 256)
+        let offered = try frontend.initialize(queues: [requests, events])
+        var features = offered & (TransportFeatures.all | Features.standard.rawValue)
+        if !eventIndex { features &= ~TransportFeatures.eventIndex }
+        try frontend.start(features: features, memory: [memory], queues: [requests, events])
+        let label = "EVENT_IDX \(eventIndex ? "on" : "off")"
+        let mark = memory.allocated
+
+        // Requests are written once into guest memory and re-posted, as a driver reuses its buffers.
+        func post(_ bytes: [UInt8]) -> UInt16 { requests.add(readable: [bytes], writable: [4], indirect: true) }
+        _ = post(AttachRequest(domain: 1, endpoint: 8).encoded); requests.kickNow(); _ = requests.waitForUsed(1)
+
+        // Single-request round trip: kick → used, MAP then UNMAP, 20k pairs.
+        var samples: [Double] = []
+        samples.reserveCapacity(40_000)
+        let clock = ContinuousClock()
+        for i in 0..<20_000 {
+            let iova = UInt64(i % 1024) << 12
+            for request in [MapRequest(domain: 1, virtualStart: iova, virtualEnd: iova + 0xfff, physicalStart: iova, flags: 3).encoded,
+                            UnmapRequest(domain: 1, virtualStart: iova, virtualEnd: iova + 0xfff).encoded] {
+                _ = post(request)
+                let start = clock.now
+                requests.kickNow()
+                while requests.collectUsed().isEmpty {}
+                let elapsed = clock.now - start
+                samples.append(Double(elapsed.components.attoseconds) / 1e9 + Double(elapsed.components.seconds) * 1e9)
+            }
+            if i % 64 == 0 { memory.resetAllocations(keeping: mark) }
+        }
+        samples.sort()
+        report.note(label, "round trip p50 (µs)", samples[samples.count / 2] / 1000)
+        report.note(label, "round trip p99 (µs)", samples[samples.count * 99 / 100] / 1000)
+
+        // Throughput: 256 requests per kick (128 MAP + 128 UNMAP), 400 kicks.
+        memory.resetAllocations(keeping: mark)
+        let start = clock.now
+        var total = 0
+        for round in 0..<400 {
+            memory.resetAllocations(keeping: mark)
+            for j in 0..<128 {
+                let iova = UInt64(round * 128 + j) << 12
+                _ = post(MapRequest(domain: 1, virtualStart: iova, virtualEnd: iova + 0xfff, physicalStart: iova, flags: 3).encoded)
+            }
+            for j in 0..<128 {
+                let iova = UInt64(round * 128 + j) << 12
+                _ = post(UnmapRequest(domain: 1, virtualStart: iova, virtualEnd: iova + 0xfff).encoded)
+            }
+            requests.kickNow()
+            total += requests.waitForUsed(256).count
+        }
+        let elapsed = clock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        report.note(label, "requests/s with 256 per kick", Double(total) / seconds)
+        frontend.disconnect()
+    }
+}
