@@ -188,8 +188,11 @@ public struct Device: Sendable {
                 return .unsupported  // D17
             }
         } else {
-            // A move that empties the old domain frees a slot for the new one.
-            let freesOne = endpoint.domain.map { domains[$0]?.endpoints.count == 1 } ?? false
+            // A move that empties the old domain frees a slot for the new one — unless aux attachments of
+            // other endpoints still hold it (found by FuzzRequests).
+            let freesOne = endpoint.domain.map {
+                domains[$0].map { $0.endpoints.count == 1 && $0.auxEndpoints.isEmpty } ?? false
+            } ?? false
             guard domains.count - (freesOne ? 1 : 0) < configuration.limits.maxDomains else { return .noMemory }
         }
         if let old = endpoint.domain { detach(endpoint: endpoint.id, from: old) }  // D16

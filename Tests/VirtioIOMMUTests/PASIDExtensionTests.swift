@@ -223,3 +223,20 @@ extension Device {
         #expect(none.le(UInt16.self, at: 24) == 0)  // no PASID support: no property
     }
 }
+
+/// Regressions found by fuzzing; their inputs are also in the seed corpus (Fuzz/corpus/TARGET/regression-*),
+/// so every CI fuzz pass replays them.
+@Suite struct FuzzRegressionTests {
+    // FuzzRequests: moving an endpoint out of a domain that aux attachments of another endpoint still
+    // hold must not count that domain as freed: the device ended up holding 7 domains under a limit of 6.
+    @Test func domainLimitWithAuxHeldDomain() {
+        var device = makePASIDDevice(limits: Limits(maxDomains: 2))
+        _ = device.attach(plainEndpoint, to: 1)
+        let (_, pasid) = device.allocPASID()
+        _ = device.attach(msiEndpoint, to: 2)
+        #expect(device.attachPASID(msiEndpoint, pasid, to: 1) == .ok)  // domain 1: primary of 10, aux of 8
+        #expect(device.attach(plainEndpoint, to: 3) == .noMemory)      // 1 stays held: a third domain is over the limit
+        #expect(device.domains.count == 2)
+        #expect(device.invariantViolation() == nil)
+    }
+}
