@@ -181,7 +181,8 @@ public final class VhostUserBackend: @unchecked Sendable {
         }
     }
 
-    private func disconnectCleanup() {
+    /// What a disconnect does: reset the device and forget everything the front-end set up.
+    func disconnectCleanup() {
         decoder.discard()
         output = []
         outputOffset = 0

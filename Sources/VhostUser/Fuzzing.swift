@@ -18,15 +18,8 @@ extension VhostUserBackend {
         for queue in queues where queue.started { process(queue) }
     }
 
-    /// What a disconnect does: reset and forget everything the front-end set up.
-    public func fuzzDisconnect() {
-        decoder.discard()
-        resetDeviceState()
-        memory = GuestMemory(maxRegions: limits.maxMemoryRegions)
-        ackedFeatures = 0
-        protocolFeatures = []
-        backendChannel = nil
-    }
+    /// Ends the "connection" exactly as the event loop does on a disconnect.
+    public func fuzzDisconnect() { disconnectCleanup() }
 }
 
 /// Walks the chains of a split ring laid out in fuzzed guest memory.
