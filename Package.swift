@@ -50,10 +50,16 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // The real daemon started as a child process, for the end-to-end and real-guest tests.
+        .target(name: "DaemonTestSupport", dependencies: [
+            "VhostUser", "VhostUserTestSupport", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // End-to-end tests: start the real daemon and drive it over real sockets and shared memory.
         .testTarget(name: "VhostIOMMUTests", dependencies: [
-            "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore",
+            "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore", "DaemonTestSupport",
         ]),
+        // A real QEMU and a real Linux guest in front of the daemon (scripts/setup-qemu, scripts/setup-guest).
+        .testTarget(name: "IntegrationTests", dependencies: ["vhost-iommu", "DaemonTestSupport"], path: "Tests/Integration"),
         // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/benchmarks.md).
         .executableTarget(name: "vhost-iommu-bench", dependencies: ["VirtioIOMMU", "VhostUser", "VhostUserTestSupport"]),
         // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer -DFUZZING; plain builds

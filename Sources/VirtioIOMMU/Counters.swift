@@ -9,6 +9,8 @@ public struct Counters: Sendable, Hashable {
     public internal(set) var unanswered = 0
     public internal(set) var faultsRaised = 0
     public internal(set) var faultsDelivered = 0
+    /// Device resets (a guest reboot, the transport's reset); the request counts carry on across them.
+    public internal(set) var resets = 0
     /// Event buffers the driver has posted so far (counted by the transport).
     public var eventBuffersPosted = 0
 

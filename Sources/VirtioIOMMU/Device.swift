@@ -99,6 +99,7 @@ public struct Device: Sendable {
     /// dropped, and this VM's PASIDs go back to the store. `bypass` keeps its value (D5), and the
     /// negotiated features belong to the transport.
     public mutating func reset() {
+        counters.resets += 1
         domains.removeAll()
         for id in endpoints.keys where endpoints[id]!.domain != nil || !endpoints[id]!.auxDomains.isEmpty {
             endpoints[id]!.domain = nil

@@ -18,6 +18,7 @@ struct Statistics: Codable, Sendable {
     var faultsPending: Int
     var faultsDropped: Int
     var eventBuffersPosted = 0
+    var resets: Int
 
     init(_ device: Device) {
         let counters = device.counters
@@ -28,6 +29,7 @@ struct Statistics: Codable, Sendable {
             }
         }
         unanswered = counters.unanswered
+        resets = counters.resets
         domains = device.domains.count
         mappings = device.mappingCount
         faultsRaised = counters.faultsRaised
@@ -41,7 +43,7 @@ struct Statistics: Codable, Sendable {
         let requests = s.requests.map { "\($0.type)/\($0.status)=\($0.count)" }.joined(separator: " ")
         logger.info("""
             counters: requests [\(requests.isEmpty ? "none" : requests)] unanswered=\(s.unanswered) \
-            domains=\(s.domains) mappings=\(s.mappings) faults raised=\(s.faultsRaised) \
+            resets=\(s.resets) domains=\(s.domains) mappings=\(s.mappings) faults raised=\(s.faultsRaised) \
             delivered=\(s.faultsDelivered) pending=\(s.faultsPending) dropped=\(s.faultsDropped)
             """)
     }

@@ -1,3 +1,4 @@
+import DaemonTestSupport
 import SystemPackage
 import Foundation
 import Glibc

@@ -1,30 +1,29 @@
 import Foundation
 import Glibc
-import Testing
 import VhostUser
+import SystemPackage
 import VhostUserTestSupport
-import VirtioIOMMU
 
-/// The real `vhost-iommu` executable, started for one test with its own socket paths.
-final class Daemon: @unchecked Sendable {
-    let process = Process()
-    let socketPath: String
-    let controlPath: String
+/// The real `vhost-iommu` executable (built into the test bundle's folder), started for one test with its own socket paths.
+public final class Daemon: @unchecked Sendable {
+    public let process = Process()
+    public let socketPath: String
+    public let controlPath: String
     private let logPipe = Pipe()
     private var logData = Data()
     private let logLock = NSLock()
 
-    static var executable: URL {
+    public static var executable: URL {
         // The test bundle and the executable are built into the same folder.
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         return me.deletingLastPathComponent().appendingPathComponent("vhost-iommu")
     }
 
-    init(_ arguments: [String] = [], waitForSocket: Bool = true) throws {
+    public init(_ arguments: [String] = [], waitForSocket: Bool = true, executable: URL = Daemon.executable) throws {
         let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         socketPath = "/tmp/vhost-iommu-test-\(tag).sock"
         controlPath = "/tmp/vhost-iommu-test-\(tag).ctl"
-        process.executableURL = Self.executable
+        process.executableURL = executable
         process.arguments = ["--socket-path", socketPath, "--control-socket", controlPath, "--log-level", "debug"]
             + (arguments.contains("--pasid-store") ? [] : ["--pasid-store", "memory"]) + arguments
         process.standardError = logPipe
@@ -43,22 +42,22 @@ final class Daemon: @unchecked Sendable {
         }
     }
 
-    var log: String {
+    public var log: String {
         logLock.lock(); defer { logLock.unlock() }
         return String(decoding: logData, as: UTF8.self)
     }
 
-    func connect() throws -> TestFrontend { try TestFrontend(connectingTo: socketPath) }
+    public func connect() throws -> TestFrontend { try TestFrontend(connectingTo: socketPath) }
 
     /// Sends a signal and waits for the exit; returns the exit status.
     @discardableResult
-    func terminate(_ signal: Int32 = SIGTERM) -> Int32 {
+    public func terminate(_ signal: Int32 = SIGTERM) -> Int32 {
         if process.isRunning { kill(process.processIdentifier, signal) }
         return waitForExit()
     }
 
     @discardableResult
-    func waitForExit(timeout: Duration = .seconds(10)) -> Int32 {
+    public func waitForExit(timeout: Duration = .seconds(10)) -> Int32 {
         let deadline = ContinuousClock.now + timeout
         while process.isRunning && ContinuousClock.now < deadline { usleep(2000) }
         if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
@@ -74,7 +73,7 @@ final class Daemon: @unchecked Sendable {
     }
 
     /// One control-socket request and its parsed reply.
-    func control(_ json: String) throws -> [String: Any] {
+    public func control(_ json: String) throws -> [String: Any] {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         try SystemCall.connect(FileDescriptor(rawValue: fd), path: controlPath)
@@ -88,56 +87,11 @@ final class Daemon: @unchecked Sendable {
         return (try JSONSerialization.jsonObject(with: Data(reply)) as? [String: Any]) ?? [:]
     }
 
-    func stats() throws -> [String: Any] { (try control(#"{"op":"stats"}"#)["stats"] as? [String: Any]) ?? [:] }
+    public func stats() throws -> [String: Any] { (try control(#"{"op":"stats"}"#)["stats"] as? [String: Any]) ?? [:] }
 
     /// The count of requests of `type` completed with `status`, from the control socket.
-    func requestCount(_ type: String, _ status: String) throws -> Int {
+    public func requestCount(_ type: String, _ status: String) throws -> Int {
         let requests = (try stats()["requests"] as? [[String: Any]]) ?? []
         return requests.first { $0["type"] as? String == type && $0["status"] as? String == status }?["count"] as? Int ?? 0
-    }
-}
-
-import SystemPackage
-
-/// A started device: front-end, guest memory, request and event queues.
-final class Guest {
-    let frontend: TestFrontend
-    let memory: SharedMemory
-    var requests: DriverQueue
-    var events: DriverQueue
-    let features: UInt64
-
-    init(_ daemon: Daemon, queueSize: Int = 256, acceptPASID: Bool = false) throws {
-        frontend = try daemon.connect()
-        memory = try SharedMemory(size: 8 << 20)
-        requests = try DriverQueue(memory: memory, index: 0, size: queueSize)
-        events = try DriverQueue(memory: memory, index: 1, size: queueSize)
-        let offered = try frontend.initialize(queues: [requests, events])
-        // What Linux accepts: VERSION_1, the ring features, and the virtio-iommu bits it knows
-        // (plus F_PASID for a driver that implements the extension).
-        features = offered & (TransportFeatures.all | Features.standard.rawValue | (acceptPASID ? Features.pasid.rawValue : 0))
-        try frontend.start(features: features, memory: [memory], queues: [requests, events])
-    }
-
-    /// Sends one request with a writable part of `writable` bytes; returns the used length and reply.
-    func send(_ request: [UInt8], writable: Int = 4) -> (UInt32?, [UInt8]) {
-        let head = requests.add(readable: [request], writable: [writable], indirect: true)
-        requests.kickNow()
-        let used = requests.waitForUsed(1).first
-        return (used?.length, requests.reply(of: head))
-    }
-
-    func status(_ request: [UInt8]) -> Status? {
-        let (used, reply) = send(request)
-        guard used == 4 else { return nil }
-        return Status(rawValue: reply[0])
-    }
-
-    /// Restarts the queues as a reset guest would: fresh rings at index 0.
-    func restartAsResetGuest() throws {
-        try frontend.stop(queues: [requests, events])
-        requests = try DriverQueue(memory: memory, index: 0, size: requests.size)
-        events = try DriverQueue(memory: memory, index: 1, size: events.size)
-        try frontend.start(features: features, memory: [memory], queues: [requests, events])
     }
 }

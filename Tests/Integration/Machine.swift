@@ -1,0 +1,180 @@
+import Foundation
+import Glibc
+
+struct MachineError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// A QEMU process running the test guest. The guest's /init (scripts/guest/init) reads one shell
+/// command per line from the serial console and marks its replies with "@@"; QMP drives the VM itself.
+final class Machine {
+    let process = Process()
+    let qmpPath: String
+    private let consoleIn = Pipe()
+    private let consoleOut = Pipe()
+    private var pending: [UInt8] = []
+    /// Everything the guest printed, for the failure message.
+    private(set) var transcript: [String] = []
+    private var qmpFD: CInt = -1
+    private var qmpPending: [UInt8] = []
+
+    init(qemu: String, arguments: [String], guest: GuestFiles, tag: String) throws {
+        qmpPath = "/tmp/vhost-iommu-qmp-\(tag).sock"
+        process.executableURL = URL(fileURLWithPath: qemu)
+        process.arguments = [
+            "-nodefaults", "-display", "none", "-accel", "tcg", "-cpu", "max", "-smp", "1",
+            "-kernel", guest.kernel, "-initrd", guest.initramfs,
+            "-append", "console=ttyS0 quiet",
+            "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+            "-qmp", "unix:\(qmpPath),server=on,wait=off",
+        ] + arguments
+        process.standardInput = consoleIn
+        process.standardOutput = consoleOut
+        process.standardError = consoleOut
+        try process.run()
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+        if qmpFD >= 0 { close(qmpFD) }
+        unlink(qmpPath)
+    }
+
+    var log: String { transcript.suffix(200).joined(separator: "\n") }
+
+    // MARK: Serial console
+
+    /// The next console line starting with `prefix`; other lines are kept in the transcript.
+    @discardableResult
+    func waitFor(_ prefix: String, timeout: Duration = .seconds(120)) throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let line = try nextLine(deadline: deadline), line.hasPrefix(prefix) { return line }
+            if !process.isRunning && pending.isEmpty {
+                throw MachineError(description: "QEMU exited (\(process.terminationStatus)) before \"\(prefix)\"\n\(log)")
+            }
+        }
+    }
+
+    /// Runs one command in the guest and returns its "@@" lines (the final "@@DONE rc" excluded).
+    @discardableResult
+    func run(_ command: String, timeout: Duration = .seconds(120)) throws -> [String] {
+        send(command)
+        var lines: [String] = []
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            guard let line = try nextLine(deadline: deadline) else { continue }
+            if line.hasPrefix("@@DONE ") {
+                guard line == "@@DONE 0" else {
+                    throw MachineError(description: "guest command \"\(command)\" failed: \(line)\n\(log)")
+                }
+                return lines
+            }
+            if line.hasPrefix("@@") { lines.append(line) }
+        }
+    }
+
+    /// Writes one line to the guest's console.
+    func send(_ line: String) {
+        consoleIn.fileHandleForWriting.write(Data((line + "\n").utf8))
+    }
+
+    private func nextLine(deadline: ContinuousClock.Instant) throws -> String? {
+        while true {
+            if let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                var line = String(decoding: pending[..<newline], as: UTF8.self)
+                pending.removeSubrange(...newline)
+                line = line.trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
+                transcript.append(line)
+                return line
+            }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else {
+                throw MachineError(description: "timed out waiting for the guest\n\(log)")
+            }
+            var pfd = pollfd(fd: consoleOut.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
+            let ms = Int32(min(left.components.seconds * 1000 + 1, 1000))
+            guard poll(&pfd, 1, ms) > 0 else { if !process.isRunning { return nil }; continue }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = read(pfd.fd, &buffer, buffer.count)
+            if n <= 0 { return nil }
+            pending += buffer[0..<n]
+        }
+    }
+
+    // MARK: QMP
+
+    /// Runs one QMP command and returns its "return" object (events on the way are skipped).
+    @discardableResult
+    func qmp(_ command: String) throws -> [String: Any] {
+        if qmpFD < 0 { try connectQMP() }
+        try qmpSend(#"{"execute":"\#(command)"}"#)
+        while true {
+            let reply = try qmpReadObject()
+            if let error = reply["error"] { throw MachineError(description: "QMP \(command): \(error)") }
+            if let value = reply["return"] { return value as? [String: Any] ?? [:] }
+        }
+    }
+
+    private func connectQMP() throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while true {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (i, byte) in qmpPath.utf8.prefix(raw.count - 1).enumerated() { raw[i] = byte }
+            }
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+                }
+            }
+            if connected {
+                var tv = timeval(tv_sec: 60, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                qmpFD = fd
+                break
+            }
+            close(fd)
+            guard ContinuousClock.now < deadline else { throw MachineError(description: "QMP socket \(qmpPath) never opened") }
+            usleep(20_000)
+        }
+        _ = try qmpReadObject()  // greeting
+        try qmpSend(#"{"execute":"qmp_capabilities"}"#)
+        _ = try qmpReadObject()
+    }
+
+    private func qmpSend(_ json: String) throws {
+        let bytes = Array((json + "\n").utf8)
+        guard bytes.withUnsafeBytes({ Glibc.send(qmpFD, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == bytes.count else {
+            throw MachineError(description: "QMP write failed")
+        }
+    }
+
+    private func qmpReadObject() throws -> [String: Any] {
+        while true {
+            if let newline = qmpPending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Data(qmpPending[..<newline])
+                qmpPending.removeSubrange(...newline)
+                if let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any] { return object }
+                continue
+            }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = recv(qmpFD, &buffer, buffer.count, 0)
+            guard n > 0 else { throw MachineError(description: "QMP connection closed or timed out") }
+            qmpPending += buffer[0..<n]
+        }
+    }
+
+    /// Waits for QEMU to exit; returns its exit status.
+    func waitForExit(timeout: Duration = .seconds(60)) -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning && ContinuousClock.now < deadline {
+            _ = try? nextLine(deadline: min(deadline, ContinuousClock.now + .milliseconds(100)))
+        }
+        guard !process.isRunning else { return nil }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}

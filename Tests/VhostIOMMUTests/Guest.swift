@@ -1,0 +1,50 @@
+import DaemonTestSupport
+import Foundation
+import Glibc
+import VhostUser
+import VhostUserTestSupport
+import VirtioIOMMU
+import SystemPackage
+
+/// A started device: front-end, guest memory, request and event queues.
+final class Guest {
+    let frontend: TestFrontend
+    let memory: SharedMemory
+    var requests: DriverQueue
+    var events: DriverQueue
+    let features: UInt64
+
+    init(_ daemon: Daemon, queueSize: Int = 256, acceptPASID: Bool = false) throws {
+        frontend = try daemon.connect()
+        memory = try SharedMemory(size: 8 << 20)
+        requests = try DriverQueue(memory: memory, index: 0, size: queueSize)
+        events = try DriverQueue(memory: memory, index: 1, size: queueSize)
+        let offered = try frontend.initialize(queues: [requests, events])
+        // What Linux accepts: VERSION_1, the ring features, and the virtio-iommu bits it knows
+        // (plus F_PASID for a driver that implements the extension).
+        features = offered & (TransportFeatures.all | Features.standard.rawValue | (acceptPASID ? Features.pasid.rawValue : 0))
+        try frontend.start(features: features, memory: [memory], queues: [requests, events])
+    }
+
+    /// Sends one request with a writable part of `writable` bytes; returns the used length and reply.
+    func send(_ request: [UInt8], writable: Int = 4) -> (UInt32?, [UInt8]) {
+        let head = requests.add(readable: [request], writable: [writable], indirect: true)
+        requests.kickNow()
+        let used = requests.waitForUsed(1).first
+        return (used?.length, requests.reply(of: head))
+    }
+
+    func status(_ request: [UInt8]) -> Status? {
+        let (used, reply) = send(request)
+        guard used == 4 else { return nil }
+        return Status(rawValue: reply[0])
+    }
+
+    /// Restarts the queues as a reset guest would: fresh rings at index 0.
+    func restartAsResetGuest() throws {
+        try frontend.stop(queues: [requests, events])
+        requests = try DriverQueue(memory: memory, index: 0, size: requests.size)
+        events = try DriverQueue(memory: memory, index: 1, size: events.size)
+        try frontend.start(features: features, memory: [memory], queues: [requests, events])
+    }
+}
