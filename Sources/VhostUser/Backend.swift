@@ -21,6 +21,9 @@ public final class VhostUserBackend: @unchecked Sendable {
         public var badChains = 0
         public var ringErrors = 0
         public var guestResetsDetected = 0
+        /// Loop turns whose work was found by polling the rings, and turns that blocked in epoll.
+        public var polledTurns = 0
+        public var blockingTurns = 0
     }
 
     /// Caps on what a front-end can make the engine hold.
@@ -39,6 +42,8 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     public let device: any VhostUserDevice
     public let limits: Limits
+    /// Ring polling before the loop blocks (off when its maximum is 0).
+    public private(set) var polling: AdaptivePolling
     public var logger: Logger
     /// Engine counters; safe to read from any thread.
     public var statistics: Statistics { counters.withLock { $0 } }
@@ -78,10 +83,12 @@ public final class VhostUserBackend: @unchecked Sendable {
     static let maxPendingOutput = 64 * 1024
 
     public init(device: any VhostUserDevice, limits: Limits = Limits(),
+                polling: AdaptivePolling = AdaptivePolling(maximumNanoseconds: 0),
                 logger: Logger = Logger(label: "vhost-user")) throws(Errno) {
         precondition(device.queueCount > 0 && device.queueCount <= 256, "a device has 1 to 256 queues")
         self.device = device
         self.limits = limits
+        self.polling = polling
         self.memory = GuestMemory(maxRegions: limits.maxMemoryRegions)
         self.decoder = MessageDecoder(maxPayloadSize: limits.maxMessageSize)
         self.logger = logger
@@ -154,7 +161,14 @@ public final class VhostUserBackend: @unchecked Sendable {
         while true {
             if isStopRequested { return .stopped }
             ready.removeAll(keepingCapacity: true)
-            try loop.wait(timeout: -1) { ready.append(($0, $1)) }
+            let waitStarted = ContinuousClock.now
+            let polled = pollRings()
+            try loop.wait(timeout: polled ? 0 : -1) { ready.append(($0, $1)) }
+            if polling.maximum > 0 {
+                polling.record(waited: Self.nanoseconds(ContinuousClock.now - waitStarted))
+                record { polled ? ($0.polledTurns += 1) : ($0.blockingTurns += 1) }
+            }
+            if polled { for queue in queues where isPollable(queue) && queue.hasAvailable { process(queue) } }
             for (token, events) in ready {
                 switch token {
                 case EventLoop.wakeToken:
@@ -179,6 +193,37 @@ public final class VhostUserBackend: @unchecked Sendable {
             publishAvailableCounts()
             if configChangePending.exchange(false, ordering: .acquiringAndReleasing) { sendConfigChange() }
         }
+    }
+
+    /// Spins on the request rings for up to the polling window, with the driver's kicks suppressed;
+    /// true when a ring has work (then the loop does not block).
+    private func pollRings() -> Bool {
+        guard polling.window > 0, queues.contains(where: isPollable) else { return false }
+        do {
+            for queue in queues where isPollable(queue) { try queue.setKicks(enabled: false) }
+            let deadline = ContinuousClock.now + .nanoseconds(Int64(polling.window))
+            var found = false
+            while !found {
+                found = queues.contains { isPollable($0) && $0.hasAvailable }
+                if found || ContinuousClock.now >= deadline { break }
+                for _ in 0..<16 { cvu_cpu_relax() }
+            }
+            // Kicks back on before blocking; entries that slipped in meanwhile count as found.
+            for queue in queues where isPollable(queue) { if try queue.setKicks(enabled: true) { found = true } }
+            return found
+        } catch {
+            for queue in queues where isPollable(queue) { _ = try? queue.setKicks(enabled: true) }
+            return false  // the kick path meets the same ring error and stops the queue
+        }
+    }
+
+    private func isPollable(_ queue: Virtqueue) -> Bool {
+        queue.started && queue.enabled && !queue.isBroken && queue.isResolved && device.mode(ofQueue: queue.index) == .onKick
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return seconds < 0 ? 0 : UInt64(clamping: seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
     }
 
     /// What a disconnect does: reset the device and forget everything the front-end set up.

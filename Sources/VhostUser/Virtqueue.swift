@@ -34,6 +34,7 @@ final class Virtqueue {
     private static let flagWrite: UInt16 = 2
     private static let flagIndirect: UInt16 = 4
     private static let availNoInterrupt: UInt16 = 1
+    private static let usedNoNotify: UInt16 = 1
 
     let index: Int
     var size = 0
@@ -227,6 +228,29 @@ final class Virtqueue {
         cvu_store_relaxed_u16(used + 4 + 8 * size, lastAvailIndex.littleEndian)
         cvu_full_fence()
         return try pendingCount() > 0
+    }
+
+    /// Asks the driver not to kick while the loop polls this ring, or to kick again (virtio 1.x §2.7.10):
+    /// with EVENT_IDX avail_event is set one behind the next index (no new index can pass it), without
+    /// it VRING_USED_F_NO_NOTIFY is set. Returns true if entries arrived before re-enabling took effect.
+    @discardableResult
+    func setKicks(enabled: Bool) throws(RingError) -> Bool {
+        guard let used else { return false }
+        if eventIndex {
+            let event = enabled ? lastAvailIndex : lastAvailIndex &- 1
+            cvu_store_relaxed_u16(used + 4 + 8 * size, event.littleEndian)
+        } else {
+            cvu_store_relaxed_u16(used, (enabled ? 0 : Self.usedNoNotify).littleEndian)
+        }
+        guard enabled else { return false }
+        cvu_full_fence()
+        return try pendingCount() > 0
+    }
+
+    /// Whether entries are available, for polling (an acquire load of avail.idx; no validation).
+    var hasAvailable: Bool {
+        guard let avail else { return false }
+        return UInt16(littleEndian: cvu_load_acquire_u16(avail + 2)) != lastAvailIndex
     }
 
     func notify() {

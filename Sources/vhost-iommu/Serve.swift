@@ -59,6 +59,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Serve control requests (JSON lines) on this UNIX socket path (mode 0600).")
     var controlSocket: String?
 
+    @Option(help: "Longest time in microseconds to poll the request ring before sleeping (adaptive, 0-1000; 0: never poll).")
+    var pollMaxUs: UInt64 = 50
+
     @Flag(help: "After the front-end disconnects, wait for the next one instead of exiting.")
     var reconnect = false
 
@@ -88,6 +91,7 @@ struct Serve: ParsableCommand {
             throw ValidationError("--max-message-size must be \(MessageDecoder.minimumMaxPayloadSize)...1048576")
         }
         if let pasidQuota, pasidQuota < 0 { throw ValidationError("--pasid-quota must not be negative") }
+        guard pollMaxUs <= 1000 else { throw ValidationError("--poll-max-us must be 0...1000") }
         if let width = pasidStore.width, !(1...maxPASIDWidth).contains(width) {
             throw ValidationError("--pasid-width must be 1...\(maxPASIDWidth)")
         }
@@ -153,7 +157,7 @@ struct Serve: ParsableCommand {
         let device = try IOMMUDevice(configuration: deviceConfiguration(), pasidStore: store, owner: owner)
         let backend = try VhostUserBackend(
             device: device, limits: .init(maxMemoryRegions: maxMemoryRegions, maxMessageSize: maxMessageSize),
-            logger: Logger(label: "vhost-user"))
+            polling: AdaptivePolling(maximumNanoseconds: pollMaxUs * 1000), logger: Logger(label: "vhost-user"))
         device.waker.withLock { $0 = backend.waker }
         let control = try controlSocket.map { try ControlServer(path: $0, device: device, logger: logger) }
         control?.backendCounters.withLock { $0 = { backend.availableChains(queue: IOMMUDevice.eventQueue) } }

@@ -37,6 +37,14 @@ static inline void cvu_store_relaxed_u16(void *p, uint16_t v) {
 // The full barrier virtio needs between publishing an index and reading the other side's
 // notification-suppression field (and vice versa).
 static inline void cvu_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/* A spin-wait hint: lets the sibling hyperthread (or the hypervisor) run while we poll a ring. */
+static inline void cvu_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 // Declared here rather than through _GNU_SOURCE, which would change struct layouts seen by Glibc.
 extern int memfd_create(const char *name, unsigned int flags);

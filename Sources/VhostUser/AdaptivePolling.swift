@@ -1,0 +1,31 @@
+/// Bounded adaptive polling of the rings before the loop blocks, after QEMU's AioContext polling:
+/// the window grows (from 4 µs, doubling) while work keeps arriving just after the loop would have
+/// blocked, shrinks (halving) when work arrives only long after the maximum, and never exceeds the
+/// maximum. A guest that sends requests back to back (Linux spins on every MAP/UNMAP) is then served
+/// without the cross-process wake-up; an idle guest costs at most one window per wake-up, then none.
+public struct AdaptivePolling: Sendable, Hashable {
+    /// The longest window in nanoseconds; 0 turns polling off.
+    public let maximum: UInt64
+    /// The current window in nanoseconds.
+    public private(set) var window: UInt64 = 0
+
+    static let initialWindow: UInt64 = 4_000
+
+    public init(maximumNanoseconds: UInt64) {
+        maximum = maximumNanoseconds
+    }
+
+    /// Adjusts the window after a wait that lasted `waited` nanoseconds (poll and block together)
+    /// before something happened.
+    public mutating func record(waited: UInt64) {
+        guard maximum > 0 else { return }
+        if waited <= window {
+            return  // work arrived inside the window: the sweet spot
+        } else if waited > maximum {
+            window /= 2
+            if window < Self.initialWindow { window = 0 }
+        } else if window < maximum {
+            window = window == 0 ? Self.initialWindow : min(maximum, window * 2)
+        }
+    }
+}
