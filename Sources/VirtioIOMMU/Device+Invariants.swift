@@ -37,6 +37,15 @@ extension Device {
             }
         }
         guard faults.count <= configuration.limits.maxPendingFaults else { return "fault queue over its bound" }
+        // Every live IOTLB entry is a mapping the endpoint reaches now, exactly as cached.
+        for entry in translationCache.validEntries {
+            guard let endpoint = endpoints[entry.endpoint] else { return "IOTLB entry for unknown endpoint \(entry.endpoint)" }
+            let domainID = entry.pasidKey == 0 ? endpoint.domain : endpoint.auxDomains[UInt32(truncatingIfNeeded: entry.pasidKey - 1)]
+            guard let domainID, let domain = domains[domainID],
+                  domain.mappings.mapping(containing: entry.mapping.virtualStart) == entry.mapping else {
+                return "stale IOTLB entry: endpoint \(entry.endpoint) \(entry.mapping)"
+            }
+        }
         return nil
     }
 }

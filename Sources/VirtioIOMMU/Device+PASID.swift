@@ -31,6 +31,7 @@ extension Device {
             guard domains.count < configuration.limits.maxDomains else { return .noMemory }
             domains[request.domain] = Domain(id: request.domain, isBypass: false)
         }
+        translationCache.invalidateAll()
         domains[request.domain]!.auxEndpoints.append(endpoint.id)
         domains[request.domain]!.auxPASID = request.pasid
         endpoints[endpoint.id]!.auxDomains[request.pasid] = request.domain
@@ -42,6 +43,7 @@ extension Device {
         guard request.flags == 0, request.reserved == 0 else { return .invalid }
         guard let endpoint = endpoints[request.endpoint] else { return .noEntry }
         guard endpoint.auxDomains[request.pasid] == request.domain, domains[request.domain] != nil else { return .invalid }
+        translationCache.invalidateAll()
         endpoints[endpoint.id]!.auxDomains[request.pasid] = nil
         if let index = domains[request.domain]!.auxEndpoints.firstIndex(of: endpoint.id) {
             domains[request.domain]!.auxEndpoints.remove(at: index)

@@ -16,6 +16,8 @@ public struct Device: Sendable {
     public internal(set) var mappingCount = 0
     public internal(set) var counters = Counters()
     var faults: FaultQueue
+    /// Recently used translations (an IOTLB); see `TranslationCache` for when it empties.
+    var translationCache = TranslationCache()
     /// The host-wide PASID allocator and this VM's name in it (PASID extension).
     let pasidStore: (any PASIDAllocator)?
     public let owner: String
@@ -49,6 +51,7 @@ public struct Device: Sendable {
 
     /// Records what the driver accepted; bits the device did not offer are ignored.
     public mutating func negotiate(_ features: Features) {
+        translationCache.invalidateAll()
         negotiatedFeatures = features.intersection(configuration.features)
     }
 
@@ -100,6 +103,7 @@ public struct Device: Sendable {
     /// negotiated features belong to the transport.
     public mutating func reset() {
         counters.resets += 1
+        translationCache.invalidateAll()
         domains.removeAll()
         for id in endpoints.keys where endpoints[id]!.domain != nil || !endpoints[id]!.auxDomains.isEmpty {
             endpoints[id]!.domain = nil
@@ -196,6 +200,7 @@ public struct Device: Sendable {
             } ?? false
             guard domains.count - (freesOne ? 1 : 0) < configuration.limits.maxDomains else { return .noMemory }
         }
+        translationCache.invalidateAll()
         if let old = endpoint.domain { detach(endpoint: endpoint.id, from: old) }  // D16
         if domains[request.domain] == nil {
             domains[request.domain] = Domain(id: request.domain, isBypass: wantsBypass)
@@ -215,39 +220,57 @@ public struct Device: Sendable {
         return .ok
     }
 
-    /// MAP (§5.13.6.5).
+    /// MAP (§5.13.6.5). The domain is changed in place: reading a `Domain` out of the dictionary
+    /// would copy it (a retain per table), which dominated the cost of a request.
     public mutating func execute(_ request: MapRequest) -> Status {
         let flags = MapFlags(rawValue: request.flags)
         var allowed: MapFlags = [.read, .write]
         if negotiatedFeatures.contains(.mmio) { allowed.insert(.mmio) }
         guard allowed.contains(flags) else { return .invalid }  // D25; MMIO needs F_MMIO
-        guard let domain = domains[request.domain] else { return .noEntry }  // D26
-        guard !domain.isBypass else { return .invalid }  // D27
+        guard let index = domains.index(forKey: request.domain) else { return .noEntry }  // D26
         let mask = granule - 1
+        let inputRange = configuration.inputRange
+        let limits = configuration.limits
+        let totalFull = mappingCount >= limits.maxMappingsTotal
+        let status = Self.map(request, flags: flags, into: &domains.values[index], mask: mask, inputRange: inputRange,
+                              perDomainLimit: limits.maxMappingsPerDomain, totalFull: totalFull)
+        if status == .ok { mappingCount += 1 }
+        return status
+    }
+
+    private static func map(_ request: MapRequest, flags: MapFlags, into domain: inout Domain, mask: UInt64,
+                            inputRange: IOVARange, perDomainLimit: Int, totalFull: Bool) -> Status {
+        guard !domain.isBypass else { return .invalid }  // D27
         guard request.virtualStart & mask == 0, request.physicalStart & mask == 0,
               (request.virtualEnd &+ 1) & mask == 0 else { return .range }  // D23
         guard let range = IOVARange(first: request.virtualStart, last: request.virtualEnd) else { return .invalid }
-        guard configuration.inputRange.contains(range) else { return .range }
+        guard inputRange.contains(range) else { return .range }
         guard !request.physicalStart.addingReportingOverflow(range.lengthMinusOne).overflow else { return .range }
         guard !domain.overlapsReservedRange(range) else { return .invalid }  // D45
         guard !domain.mappings.overlaps(range) else { return .invalid }  // D24
-        guard domain.mappings.count < configuration.limits.maxMappingsPerDomain,
-              mappingCount < configuration.limits.maxMappingsTotal else { return .noMemory }
-        domains[request.domain]!.mappings.insert(
+        guard domain.mappings.count < perDomainLimit, !totalFull else { return .noMemory }
+        domain.mappings.insert(
             Mapping(virtualStart: range.first, virtualEnd: range.last, physicalStart: request.physicalStart, flags: flags))
-        mappingCount += 1
         return .ok
     }
 
     /// UNMAP (§5.13.6.6): removes every mapping inside the range, or nothing if one would be split.
     public mutating func execute(_ request: UnmapRequest) -> Status {
         guard request.reserved == 0 else { return .invalid }  // D29: reject, and unmap nothing
-        guard let domain = domains[request.domain] else { return .noEntry }  // D30
-        guard !domain.isBypass else { return .invalid }  // D31
-        guard let range = IOVARange(first: request.virtualStart, last: request.virtualEnd) else { return .invalid }
-        guard !domain.mappings.wouldSplit(range) else { return .range }  // D32
-        mappingCount -= domains[request.domain]!.mappings.removeAll(startingIn: range)  // D33
-        return .ok
+        guard let index = domains.index(forKey: request.domain) else { return .noEntry }  // D30
+        let (status, removed) = Self.unmap(request, from: &domains.values[index])
+        if removed > 0 {
+            mappingCount -= removed
+            translationCache.invalidateAll()
+        }
+        return status
+    }
+
+    private static func unmap(_ request: UnmapRequest, from domain: inout Domain) -> (Status, removed: Int) {
+        guard !domain.isBypass else { return (.invalid, 0) }  // D31
+        guard let range = IOVARange(first: request.virtualStart, last: request.virtualEnd) else { return (.invalid, 0) }
+        guard !domain.mappings.wouldSplit(range) else { return (.range, 0) }  // D32
+        return (.ok, domain.mappings.removeAll(startingIn: range))  // D33
     }
 
     /// PROBE (§5.13.6.7): writes the endpoint's RESV_MEM properties at the start of the writable part.
@@ -280,6 +303,7 @@ public struct Device: Sendable {
 
     /// Removes an endpoint from a domain; the domain and its mappings go with its last endpoint.
     mutating func detach(endpoint id: Endpoint.ID, from domainID: Domain.ID) {
+        translationCache.invalidateAll()
         endpoints[id]?.domain = nil
         guard domains[domainID] != nil else { return }
         domains[domainID]!.endpoints.removeAll { $0 == id }
@@ -290,6 +314,7 @@ public struct Device: Sendable {
     /// Removes a domain, and its mappings, once no primary or aux attachment holds it.
     mutating func dropIfUnheld(_ domainID: Domain.ID) {
         guard let domain = domains[domainID], !domain.isHeld else { return }
+        translationCache.invalidateAll()
         mappingCount -= domain.mappings.count
         domains[domainID] = nil
     }

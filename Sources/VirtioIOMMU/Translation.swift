@@ -6,17 +6,6 @@ public struct Access: OptionSet, Sendable, Hashable {
     public static let write = Access(rawValue: 1 << 1)
 }
 
-/// A guest-physical run of bytes that a translated IOVA range covers.
-public struct Segment: Hashable, Sendable {
-    public var address: UInt64
-    public var length: UInt64
-
-    public init(address: UInt64, length: UInt64) {
-        self.address = address
-        self.length = length
-    }
-}
-
 /// Why a translation produced no segments.
 public enum TranslationError: Error, Hashable, Sendable {
     /// No such endpoint: nothing is reported to the guest, since a fault must name a valid endpoint (D49).
@@ -42,52 +31,62 @@ extension Device {
     /// With a `pasid`, the traffic resolves through the endpoint's aux domain for that PASID; without
     /// one, a fault with reason DOMAIN (PASID extension, rule 7).
     public mutating func translate(endpoint id: Endpoint.ID, pasid: UInt32? = nil, iova: UInt64, length: UInt64,
-                                   access: Access) throws(TranslationError) -> [Segment] {
-        guard let endpoint = endpoints[id] else { throw .unknownEndpoint(id) }
+                                   access: Access) throws(TranslationError) -> Segments {
+        // The IOTLB answers a range inside one recently used mapping with the permission asked for.
+        let pasidKey = TranslationCache.key(pasid)
+        if let cached = translationCache.lookup(endpoint: id, pasidKey: pasidKey, address: iova),
+           length > 0, length - 1 <= cached.virtualEnd - iova, Self.denied(access, by: cached.flags).isEmpty {
+            return Segments(Segment(address: cached.physicalAddress(of: iova), length: length))
+        }
+        guard let endpointIndex = endpoints.index(forKey: id) else { throw .unknownEndpoint(id) }
         guard let range = IOVARange(start: iova, length: length) else { throw .invalidRange }
         // The fault names the PASID only when the driver negotiated the extension (D47 otherwise).
         let reportedPASID = negotiatedFeatures.contains(.pasid) ? pasid : nil
-        let domain: Domain
+        let domainIndex: Dictionary<Domain.ID, Domain>.Index
         if let pasid {
-            guard let domainID = endpoint.auxDomains[pasid], let aux = domains[domainID] else {
+            guard let domainID = endpoints.values[endpointIndex].auxDomains[pasid],
+                  let aux = domains.index(forKey: domainID) else {
                 throw .fault(raise(.domain, access: access, endpoint: id, address: iova, pasid: reportedPASID))
             }
-            domain = aux
+            domainIndex = aux
         } else {
-            let identity = [Segment(address: iova, length: length)]
-            guard let domainID = endpoint.domain, let primary = domains[domainID] else {
+            let identity = Segments(Segment(address: iova, length: length))
+            guard let domainID = endpoints.values[endpointIndex].domain, let primary = domains.index(forKey: domainID) else {
                 if unattachedEndpointsBypass { return identity }
                 throw .fault(raise(.domain, access: access, endpoint: id, address: iova))  // D10
             }
-            if primary.isBypass { return identity }
-            if endpoint.reservedRegions.contains(where: { $0.kind == .msi && $0.range.contains(range) }) {
+            if domains.values[primary].isBypass { return identity }
+            if endpoints.values[endpointIndex].reservedRegions.contains(where: { $0.kind == .msi && $0.range.contains(range) }) {
                 return identity
             }
-            domain = primary
+            domainIndex = primary
         }
-        var segments: [Segment] = []
+        var segments = Segments()
         var address = range.first
         while true {
-            guard let mapping = domain.mappings.mapping(containing: address) else {
+            guard let mapping = domains.values[domainIndex].mappings.mapping(containing: address) else {
                 throw .fault(raise(.mapping, access: access, endpoint: id, address: address, pasid: reportedPASID))
             }
-            var denied: Fault.Flags = []
-            if access.contains(.read) && !mapping.flags.contains(.read) { denied.insert(.read) }
-            if access.contains(.write) && !mapping.flags.contains(.write) { denied.insert(.write) }
+            let denied = Self.denied(access, by: mapping.flags)
             guard denied.isEmpty else {
                 throw .fault(raise(.mapping, flags: denied, endpoint: id, address: address, pasid: reportedPASID))
             }
+            if address == range.first { translationCache.insert(mapping, endpoint: id, pasidKey: pasidKey, address: iova) }
             let last = min(mapping.virtualEnd, range.last)
-            let physical = mapping.physicalAddress(of: address)
             let count = last - address + 1  // ≤ length, so it fits
-            if let previous = segments.last, previous.address &+ previous.length == physical {
-                segments[segments.count - 1].length += count
-            } else {
-                segments.append(Segment(address: physical, length: count))
-            }
+            segments.appendMerging(Segment(address: mapping.physicalAddress(of: address), length: count))
             if last == range.last { return segments }
             address = last + 1
         }
+    }
+
+    /// The permissions an access needs that a mapping lacks (D28: no write without WRITE; reads need READ).
+    @inline(__always)
+    static func denied(_ access: Access, by flags: MapFlags) -> Fault.Flags {
+        var denied: Fault.Flags = []
+        if access.contains(.read) && !flags.contains(.read) { denied.insert(.read) }
+        if access.contains(.write) && !flags.contains(.write) { denied.insert(.write) }
+        return denied
     }
 
     private mutating func raise(_ reason: Fault.Reason, access: Access, endpoint: Endpoint.ID, address: UInt64,

@@ -58,9 +58,9 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
     func reset() { model.withLock { $0.reset() } }
 
     /// Translates for a consumer; a fault is queued for the guest and the loop is woken to deliver it.
-    func translate(endpoint: UInt32, pasid: UInt32?, iova: UInt64, length: UInt64, access: Access) -> Result<[Segment], TranslationError> {
+    func translate(endpoint: UInt32, pasid: UInt32?, iova: UInt64, length: UInt64, access: Access) -> Result<Segments, TranslationError> {
         let result = model.withLock { device in
-            Result { () throws(TranslationError) -> [Segment] in
+            Result { () throws(TranslationError) -> Segments in
                 try device.translate(endpoint: endpoint, pasid: pasid, iova: iova, length: length, access: access)
             }
         }

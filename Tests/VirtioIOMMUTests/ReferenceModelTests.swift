@@ -155,7 +155,7 @@ struct NaiveIOMMU {
                 let expected = naive.translate(endpoint: endpoint, iova: iova, length: length, write: write)
                 do {
                     let segments = try device.translate(endpoint: endpoint, iova: iova, length: length, access: write ? .write : .read)
-                    #expect(segments == expected.segments, "\(context) translate")
+                    #expect(Array(segments) == expected.segments, "\(context) translate")
                 } catch .fault(let fault) {
                     #expect(expected.segments == nil && fault.address == expected.faultAddress && fault.reason == expected.reason, "\(context) fault")
                     #expect(device.popFault() == fault)
