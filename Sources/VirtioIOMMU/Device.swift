@@ -269,6 +269,8 @@ public struct Device: Sendable {
     private static func unmap(_ request: UnmapRequest, from domain: inout Domain) -> (Status, removed: Int) {
         guard !domain.isBypass else { return (.invalid, 0) }  // D31
         guard let range = IOVARange(first: request.virtualStart, last: request.virtualEnd) else { return (.invalid, 0) }
+        // Exactly one mapping's bounds: nothing else can start inside it or be split by it.
+        if domain.mappings.remove(exactly: range) != nil { return (.ok, 1) }
         guard !domain.mappings.wouldSplit(range) else { return (.range, 0) }  // D32
         return (.ok, domain.mappings.removeAll(startingIn: range))  // D33
     }

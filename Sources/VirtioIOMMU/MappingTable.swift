@@ -124,7 +124,17 @@ public struct MappingTable: Sendable {
     /// Removes the mapping that starts exactly at `start`.
     @discardableResult
     public mutating func remove(startingAt start: UInt64) -> Mapping? {
-        guard root >= 0, let removed = remove(start, from: root, level: height) else { return nil }
+        remove(start, ifEndingAt: nil)
+    }
+
+    /// Removes the mapping that is exactly `range`, in one descent; nil (and nothing changes) when no
+    /// mapping has those bounds. The common UNMAP: the guest unmaps what it mapped.
+    public mutating func remove(exactly range: IOVARange) -> Mapping? {
+        remove(range.first, ifEndingAt: range.last)
+    }
+
+    private mutating func remove(_ start: UInt64, ifEndingAt end: UInt64?) -> Mapping? {
+        guard root >= 0, let removed = remove(start, ifEndingAt: end, from: root, level: height) else { return nil }
         count -= 1
         if height > 0 && branchCounts[Int(root)] == 1 {
             let old = root
@@ -312,12 +322,13 @@ public struct MappingTable: Sendable {
 
     // MARK: Removal
 
-    private mutating func remove(_ start: UInt64, from node: Int32, level: Int) -> Mapping? {
+    private mutating func remove(_ start: UInt64, ifEndingAt end: UInt64?, from node: Int32, level: Int) -> Mapping? {
         if level == 0 {
             let base = Int(node) * Self.leafCapacity
             let n = Int(leafCounts[Int(node)])
             let position = lowerBound(leaf: node, start)
             guard position < n, entries[base + position].virtualStart == start else { return nil }
+            if let end, entries[base + position].virtualEnd != end { return nil }
             let removed = entries[base + position]
             for i in position..<(n - 1) { entries[base + i] = entries[base + i + 1] }
             leafCounts[Int(node)] = Int32(n - 1)
@@ -325,7 +336,7 @@ public struct MappingTable: Sendable {
         }
         let index = childIndex(branch: node, start)
         let child = children[Int(node) * Self.branchCapacity + index]
-        guard let removed = remove(start, from: child, level: level - 1) else { return nil }
+        guard let removed = remove(start, ifEndingAt: end, from: child, level: level - 1) else { return nil }
         if itemCount(child, level: level - 1) < Self.minimumFill {
             rebalance(parent: node, childAt: index, childLevel: level - 1)
         }

@@ -40,14 +40,17 @@ struct Report {
 struct BenchmarkMain {
     static func main() {
         let arguments = CommandLine.arguments.dropFirst()
-        let sizes = arguments.contains("--quick") ? [1_000, 100_000] : [1_000, 100_000, 1_000_000]
+        var sizes = arguments.contains("--quick") ? [1_000, 100_000] : [1_000, 100_000, 1_000_000]
+        if let i = arguments.firstIndex(of: "--size"), i + 1 < arguments.endIndex, let n = Int(arguments[i + 1]) { sizes = [n] }
         var report = Report()
         if !arguments.contains("--vhost-user-only") {
             print("device model (ns per operation; median of 5)")
             DeviceModelBenchmark.run(sizes: sizes, report: &report)
         }
-        print("vhost-user path (test front-end → real daemon)")
-        VhostUserPathBenchmark.run(report: &report)
+        if !arguments.contains("--device-model-only") {
+            print("vhost-user path (test front-end → real daemon)")
+            VhostUserPathBenchmark.run(report: &report)
+        }
     }
 }
 
