@@ -79,6 +79,8 @@ public final class VhostUserBackend: @unchecked Sendable {
     static let kickTokenBase: UInt64 = 100
     /// Chains handled per queue per wake-up before other descriptors get a turn.
     static let chainBudget = 4096
+    /// Chains completed between used.idx stores within one turn.
+    static let usedBatch = 32
     /// Replies the front-end has not read yet; beyond this it is considered stuck and dropped.
     static let maxPendingOutput = 64 * 1024
 
@@ -358,37 +360,57 @@ public final class VhostUserBackend: @unchecked Sendable {
         if !queue.isResolved {
             do { try queue.resolve(in: memory) } catch { ringFailed(queue, error); return }
         }
+        // Locals, not properties, inside the loop: each read of a class property costs a retain.
+        let device = self.device
+        let memory = self.memory
         let onDemand = device.mode(ofQueue: queue.index) == .onDemand
         let previousUsed = queue.usedIndex
         var handled = 0
-        do {
-            while true {
-                while handled < Self.chainBudget {
-                    if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { break }
-                    guard let (head, chainError) = try queue.popChain(memory: memory) else { break }
-                    handled += 1
-                    var length = 0
-                    if let chainError {
-                        queue.countBadChain()
-                        record { $0.badChains += 1 }
-                        logger.warning("queue \(queue.index): bad chain at head \(head): \(chainError)")
-                    } else if queue.enabled {
-                        length = queue.readable.withUnsafeBufferPointer { r in
-                            queue.writable.withUnsafeBufferPointer { w in device.process(queue: queue.index, readable: r, writable: w) }
+        var ringError: RingError?
+
+        /// Pops chains until none is left (with kicks re-armed) or the budget is spent; refused chains
+        /// complete with used length 0, valid ones go to `handle`.
+        func drain(_ handle: (ChainReadable, ChainWritable) -> Int) {
+            do {
+                while true {
+                    while handled < Self.chainBudget {
+                        if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { break }
+                        guard let (head, chainError) = try queue.popChain(memory: memory) else { break }
+                        handled += 1
+                        var length = 0
+                        if let chainError {
+                            queue.countBadChain()
+                            record { $0.badChains += 1 }
+                            logger.warning("queue \(queue.index): bad chain at head \(head): \(chainError)")
+                        } else if queue.enabled {
+                            length = queue.withChain(handle)
                         }
+                        queue.pushUsed(head: head, length: UInt32(clamping: length))
+                        if handled % Self.usedBatch == 0 { queue.publishUsed() }
                     }
-                    queue.pushUsed(head: head, length: UInt32(clamping: length))
+                    queue.publishUsed()
+                    if handled >= Self.chainBudget {
+                        // Let the socket and other queues run; come back through our own kick.
+                        if let kick = queue.kick?.descriptor { SystemCall.signal(kick) }
+                        return
+                    }
+                    guard try queue.armKick() else { return }
+                    if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { return }
                 }
-                if handled >= Self.chainBudget {
-                    // Let the socket and other queues run; come back through our own kick.
-                    if let kick = queue.kick?.descriptor { SystemCall.signal(kick) }
-                    break
-                }
-                guard try queue.armKick() else { break }
-                if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { break }
+            } catch {
+                queue.publishUsed()  // what completed before the ring error stands
+                ringError = error
             }
-        } catch {
-            ringFailed(queue, error)
+        }
+
+        if onDemand {
+            // Per chain: `hasPendingWork` asks the device between chains.
+            drain { readable, writable in device.process(queue: queue.index, readable: readable, writable: writable) }
+        } else {
+            device.processChains(queue: queue.index, drain)
+        }
+        if let ringError {
+            ringFailed(queue, ringError)
             return
         }
         if queue.needsNotification(since: previousUsed) { queue.notify() }

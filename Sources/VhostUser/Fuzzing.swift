@@ -56,6 +56,7 @@ public enum ChainFuzzing {
                 for part in queue.readable { for byte in part { sum &+= byte } }
                 for part in queue.writable where !part.isEmpty { part[part.count - 1] = sum }
                 queue.pushUsed(head: head, length: error == nil ? UInt32(clamping: queue.writable.reduce(0) { $0 + $1.count }) : 0)
+                queue.publishUsed()
                 handled += 1
             }
             _ = try queue.armKick()

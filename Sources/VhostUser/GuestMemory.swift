@@ -46,21 +46,6 @@ public final class MemoryRegion: @unchecked Sendable {
     }
 
     deinit { munmap(mapping, mappingLength) }
-
-    /// The bytes of `[address, address+length)` in this region's `space`, or nil if not wholly inside.
-    @inline(__always)
-    func pointer(_ address: UInt64, _ length: UInt64, start: UInt64) -> UnsafeMutableRawPointer? {
-        guard address >= start else { return nil }
-        let offset = address - start
-        guard offset < size, length <= size - offset else { return nil }
-        return base + Int(offset)
-    }
-
-    /// How many bytes from `address` (guest-physical) lie in this region; 0 if it is outside.
-    func bytesAvailable(guestPhysical address: UInt64) -> UInt64 {
-        guard address >= guestPhysicalAddress, address - guestPhysicalAddress < size else { return 0 }
-        return size - (address - guestPhysicalAddress)
-    }
 }
 
 public enum MemoryError: Error, Hashable {
@@ -82,6 +67,32 @@ public struct GuestMemory: Sendable {
 
     public private(set) var regions: [MemoryRegion] = []
     public let maxRegions: Int
+    /// The regions' bounds and bases as plain values, in the same order: look-ups on the request
+    /// path walk these, without reference counting (`regions` keeps the mappings alive).
+    private var spans: [Span] = []
+
+    struct Span: @unchecked Sendable {  // a pointer into a mapping that `regions` owns
+        var guestPhysicalAddress: UInt64
+        var userAddress: UInt64
+        var size: UInt64
+        var base: UnsafeMutableRawPointer
+
+        init(_ region: MemoryRegion) {
+            guestPhysicalAddress = region.guestPhysicalAddress
+            userAddress = region.userAddress
+            size = region.size
+            base = region.base
+        }
+
+        /// The bytes of `[address, address+length)` in the space that starts at `start`, or nil.
+        @inline(__always)
+        func pointer(_ address: UInt64, _ length: UInt64, start: UInt64) -> UnsafeMutableRawPointer? {
+            guard address >= start else { return nil }
+            let offset = address - start
+            guard offset < size, length <= size - offset else { return nil }
+            return base + Int(offset)
+        }
+    }
 
     public init(maxRegions: Int = GuestMemory.defaultMaxRegions) {
         self.maxRegions = min(max(maxRegions, GuestMemory.maxTableRegions), GuestMemory.maxRegionsLimit)
@@ -100,6 +111,7 @@ public struct GuestMemory: Sendable {
         }
         regions.append(region)
         regions.sort { $0.guestPhysicalAddress < $1.guestPhysicalAddress }
+        spans = regions.map(Span.init)
     }
 
     /// Removes the region with these addresses and size; false if there is none.
@@ -108,24 +120,28 @@ public struct GuestMemory: Sendable {
             $0.guestPhysicalAddress == guestPhysicalAddress && $0.size == size && $0.userAddress == userAddress
         }) else { return false }
         regions.remove(at: index)
+        spans = regions.map(Span.init)
         return true
     }
 
-    mutating func removeAll() { regions.removeAll(keepingCapacity: false) }
+    mutating func removeAll() {
+        regions.removeAll(keepingCapacity: false)
+        spans.removeAll(keepingCapacity: false)
+    }
 
     /// `length` bytes at a guest-physical address, if they lie within one region.
     @inline(__always)
     public func guestPhysical(_ address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        for region in regions {
-            if let p = region.pointer(address, length, start: region.guestPhysicalAddress) { return p }
+        for span in spans {
+            if let p = span.pointer(address, length, start: span.guestPhysicalAddress) { return p }
         }
         return nil
     }
 
     /// `length` bytes at a front-end user address (vring addresses are these), if within one region.
     public func userAddress(_ address: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        for region in regions {
-            if let p = region.pointer(address, length, start: region.userAddress) { return p }
+        for span in spans {
+            if let p = span.pointer(address, length, start: span.userAddress) { return p }
         }
         return nil
     }
@@ -136,9 +152,11 @@ public struct GuestMemory: Sendable {
         var address = address
         var remaining = length
         while remaining > 0 {
-            guard let region = regions.first(where: { $0.bytesAvailable(guestPhysical: address) > 0 }) else { return false }
-            let n = min(remaining, region.bytesAvailable(guestPhysical: address))
-            let p = region.base + Int(address - region.guestPhysicalAddress)
+            // The span holding `address`, and how many bytes from it lie in that span.
+            guard let span = spans.first(where: { address >= $0.guestPhysicalAddress && address - $0.guestPhysicalAddress < $0.size })
+            else { return false }
+            let n = min(remaining, span.size - (address - span.guestPhysicalAddress))
+            let p = span.base + Int(address - span.guestPhysicalAddress)
             body(UnsafeMutableRawBufferPointer(start: p, count: Int(n)))
             remaining -= n
             guard remaining == 0 || !address.addingReportingOverflow(n).overflow else { return false }

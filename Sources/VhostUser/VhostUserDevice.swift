@@ -31,6 +31,16 @@ public protocol VhostUserDevice: AnyObject {
     func hasPendingWork(queue: Int) -> Bool
     /// Handles one chain; returns the number of bytes written to the writable part (the used length).
     func process(queue: Int, readable: ChainReadable, writable: ChainWritable) -> Int
+    /// Handles the chains of one turn of an `.onKick` queue: `drain` calls its argument once per valid
+    /// chain, in ring order, and publishes each returned used length. A device that locks per chain
+    /// can lock once per turn here. The default calls `process` for each chain.
+    func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void)
     /// Returns the device to its initial state (guest reset, RESET_DEVICE or front-end disconnect).
     func reset()
+}
+
+extension VhostUserDevice {
+    public func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
+        drain { readable, writable in process(queue: queue, readable: readable, writable: writable) }
+    }
 }

@@ -188,24 +188,42 @@ final class Virtqueue {
             }
             total += UInt64(length)
             guard total <= UInt64(UInt32.max) else { return .tooLarge }
-            let inside = memory.forEachPiece(address, length: UInt64(length)) { piece in
+            if let p = memory.guestPhysical(address, length: UInt64(length)) {
+                // The usual case, a buffer inside one region: no per-piece closure.
+                let piece = UnsafeMutableRawBufferPointer(start: p, count: Int(length))
                 if isWrite { writable.append(piece) } else { readable.append(UnsafeRawBufferPointer(piece)) }
+            } else {
+                let inside = memory.forEachPiece(address, length: UInt64(length)) { piece in
+                    if isWrite { writable.append(piece) } else { readable.append(UnsafeRawBufferPointer(piece)) }
+                }
+                guard inside else { return .outsideGuestMemory }
             }
-            guard inside else { return .outsideGuestMemory }
             guard flags & Self.flagNext != 0 else { return nil }
             index = Int(next)
         }
     }
 
-    /// Publishes a used element; `length` is the bytes written to the writable part.
+    /// The last popped chain's readable and writable parts.
+    @inline(__always)
+    func withChain<R>(_ body: (UnsafeBufferPointer<UnsafeRawBufferPointer>, UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) -> R) -> R {
+        readable.withUnsafeBufferPointer { r in writable.withUnsafeBufferPointer { w in body(r, w) } }
+    }
+
+    /// Writes a used element; the driver sees it at the next `publishUsed()`. Batching the used.idx
+    /// store keeps a polling driver from pulling the cache line across cores once per request.
     func pushUsed(head: UInt16, length: UInt32) {
         guard let used else { return }
         let element = used + 4 + 8 * (Int(usedIndex) % size)
         element.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
         element.storeBytes(of: length.littleEndian, toByteOffset: 4, as: UInt32.self)
         usedIndex &+= 1
-        cvu_store_release_u16(used + 2, usedIndex.littleEndian)
         chainsCompleted += 1
+    }
+
+    /// Publishes used.idx (release: the elements are visible first).
+    func publishUsed() {
+        guard let used else { return }
+        cvu_store_release_u16(used + 2, usedIndex.littleEndian)
     }
 
     func countBadChain() { badChains += 1 }

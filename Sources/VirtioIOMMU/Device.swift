@@ -128,11 +128,13 @@ public struct Device: Sendable {
             counters.unanswered += 1
             return 0
         }
+        // Read here, not in the closure: a non-mutating call on `self` there copied the whole device.
+        let features = negotiatedFeatures
         return withUnsafeTemporaryAllocation(byteCount: Self.maxRequestSize, alignment: 8) { snapshot in
             let snapshot = UnsafeMutableRawBufferPointer(snapshot)
             let length = readable.gather(into: snapshot)
             guard length >= requestHeadSize,
-                  let type = RequestType(rawValue: snapshot[0]), isEnabled(type) else {
+                  let type = RequestType(rawValue: snapshot[0]), Self.isEnabled(type, features) else {
                 counters.unanswered += 1
                 return 0
             }
@@ -164,7 +166,7 @@ public struct Device: Sendable {
     }
 
     /// Whether a request type is understood under the negotiated features; others are unrecognized (D8).
-    func isEnabled(_ type: RequestType) -> Bool {
+    static func isEnabled(_ type: RequestType, _ negotiatedFeatures: Features) -> Bool {
         switch type {
         case .attach, .detach: true
         case .map, .unmap: negotiatedFeatures.contains(.mapUnmap)

@@ -55,6 +55,15 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
         }
     }
 
+    /// One lock for a whole turn of the request queue, not one per request.
+    func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
+        model.withLock { device in
+            drain { readable, writable in
+                queue == Self.requestQueue ? device.handle(readable: readable, writable: writable) : (device.deliverFault(into: writable) ?? 0)
+            }
+        }
+    }
+
     func reset() { model.withLock { $0.reset() } }
 
     /// Translates for a consumer; a fault is queued for the guest and the loop is woken to deliver it.

@@ -60,7 +60,7 @@ struct Serve: ParsableCommand {
     var controlSocket: String?
 
     @Option(help: "Longest time in microseconds to poll the request ring before sleeping (adaptive, 0-1000; 0: never poll).")
-    var pollMaxUs: UInt64 = 50
+    var pollMaxUs: UInt64 = 100
 
     @Flag(help: "After the front-end disconnects, wait for the next one instead of exiting.")
     var reconnect = false

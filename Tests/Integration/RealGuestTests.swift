@@ -50,7 +50,7 @@ struct RealGuestTests {
         try runDaemonTool(Self.viotArguments + ["--output", viot])
 
         let daemon = try Daemon(["--endpoint", "\(Self.workloadEndpoint)", "--endpoint", "\(Self.removedEndpoint)",
-                                 "--log-level", "info", "--poll-max-us", "1000"], executable: Self.daemonExecutable)
+                                 "--log-level", "info"], executable: Self.daemonExecutable)
         let machine = try Machine(qemu: files.qemu, arguments: Self.memory("512M") + [
             "-chardev", "socket,id=viommu,path=\(daemon.socketPath)",
             "-device", Self.vhostUserDevice, "-acpitable", "file=\(viot)",

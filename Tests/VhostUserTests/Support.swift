@@ -76,10 +76,10 @@ final class Harness {
     private let result = OutcomeBox()
     private var finished = false
 
-    init(queueSize: Int = 256, memorySize: Int = 4 << 20) throws {
+    init(queueSize: Int = 256, memorySize: Int = 4 << 20, pollMaximum: UInt64 = 0) throws {
         var logger = Logger(label: "test")
         logger.logLevel = getenv("VU_TEST_LOG") != nil ? .debug : .critical
-        backend = try VhostUserBackend(device: device, logger: logger)
+        backend = try VhostUserBackend(device: device, polling: AdaptivePolling(maximumNanoseconds: pollMaximum), logger: logger)
         let (frontend, backendEnd) = try TestFrontend.pair()
         self.frontend = frontend
         let memory = try SharedMemory(size: memorySize)
