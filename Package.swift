@@ -61,7 +61,7 @@ let package = Package(
         // A real QEMU and a real Linux guest in front of the daemon (scripts/setup-qemu, scripts/setup-guest).
         .testTarget(name: "IntegrationTests", dependencies: ["vhost-iommu", "DaemonTestSupport"], path: "Tests/Integration"),
         // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/benchmarks.md).
-        .executableTarget(name: "vhost-iommu-bench", dependencies: ["VirtioIOMMU", "VhostUser", "VhostUserTestSupport"]),
+        .executableTarget(name: "vhost-iommu-bench", dependencies: ["VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore"]),
         // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer -DFUZZING; plain builds
         // make small programs that replay inputs).
         .target(name: "FuzzSupport"),

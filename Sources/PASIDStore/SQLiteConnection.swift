@@ -10,6 +10,8 @@ final class SQLiteConnection {
     }
 
     private let handle: OpaquePointer
+    /// Prepared statements by SQL text: preparing (parsing and planning) cost more than running them.
+    private var statements: [String: OpaquePointer] = [:]
 
     init(path: String) throws(PASIDStoreError) {
         var db: OpaquePointer?
@@ -24,7 +26,10 @@ final class SQLiteConnection {
         sqlite3_busy_timeout(handle, 10_000)
     }
 
-    deinit { sqlite3_close_v2(handle) }
+    deinit {
+        for statement in statements.values { sqlite3_finalize(statement) }
+        sqlite3_close_v2(handle)
+    }
 
     private var lastError: String { String(cString: sqlite3_errmsg(handle)) }
 
@@ -39,11 +44,11 @@ final class SQLiteConnection {
 
     /// Runs `sql` with `bindings`, calling `row` for each result row with a column reader.
     func query(_ sql: String, _ bindings: [Value] = [], row: (Row) -> Void = { _ in }) throws(PASIDStoreError) {
-        var statement: OpaquePointer?
-        guard sqlite3_prepare_v2(handle, sql, -1, &statement, nil) == SQLITE_OK, let statement else {
-            throw .storage(lastError)
+        let statement = try prepared(sql)
+        defer {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
         }
-        defer { sqlite3_finalize(statement) }
         for (i, value) in bindings.enumerated() {
             let index = Int32(i + 1)
             switch value {
@@ -60,6 +65,17 @@ final class SQLiteConnection {
         }
     }
 
+    private func prepared(_ sql: String) throws(PASIDStoreError) -> OpaquePointer {
+        if let statement = statements[sql] { return statement }
+        var statement: OpaquePointer?
+        guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK,
+              let statement else {
+            throw .storage(lastError)
+        }
+        statements[sql] = statement
+        return statement
+    }
+
     /// The first column of the first row as an integer, if any.
     func integer(_ sql: String, _ bindings: [Value] = []) throws(PASIDStoreError) -> Int64? {
         var value: Int64?
@@ -71,13 +87,13 @@ final class SQLiteConnection {
 
     /// BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue instead of deadlocking.
     func transaction<T>(_ body: () throws(PASIDStoreError) -> T) throws(PASIDStoreError) -> T {
-        try execute("BEGIN IMMEDIATE")
+        try query("BEGIN IMMEDIATE")
         do {
             let result = try body()
-            try execute("COMMIT")
+            try query("COMMIT")
             return result
         } catch {
-            try? execute("ROLLBACK")
+            try? query("ROLLBACK")
             throw error
         }
     }

@@ -1,3 +1,4 @@
+import Glibc
 /// A small timing harness: the median of several repetitions, reported in nanoseconds per operation,
 /// with ratios against a baseline measured in the same run.
 @inline(never)
@@ -40,16 +41,23 @@ struct Report {
 struct BenchmarkMain {
     static func main() {
         let arguments = CommandLine.arguments.dropFirst()
+        if arguments.first == "--pasid-worker", arguments.count == 3 {
+            exit(PASIDStoreBenchmark.worker(path: arguments[arguments.startIndex + 1], owner: arguments[arguments.startIndex + 2]))
+        }
         var sizes = arguments.contains("--quick") ? [1_000, 100_000] : [1_000, 100_000, 1_000_000]
         if let i = arguments.firstIndex(of: "--size"), i + 1 < arguments.endIndex, let n = Int(arguments[i + 1]) { sizes = [n] }
         var report = Report()
-        if !arguments.contains("--vhost-user-only") {
+        if !arguments.contains("--vhost-user-only") && !arguments.contains("--pasid-only") {
             print("device model (ns per operation; median of 5)")
             DeviceModelBenchmark.run(sizes: sizes, report: &report)
         }
-        if !arguments.contains("--device-model-only") {
+        if !arguments.contains("--device-model-only") && !arguments.contains("--pasid-only") {
             print("vhost-user path (test front-end → real daemon)")
             VhostUserPathBenchmark.run(report: &report)
+        }
+        if !arguments.contains("--device-model-only") && !arguments.contains("--vhost-user-only") {
+            print("PASID store (alloc+free)")
+            PASIDStoreBenchmark.run(report: &report)
         }
     }
 }
