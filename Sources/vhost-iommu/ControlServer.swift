@@ -20,8 +20,8 @@ final class ControlServer: @unchecked Sendable {
     private let wake: OwnedFileDescriptor
     private let stopped = Atomic<Bool>(false)
     private var thread: OSThread?
-    /// Set by the daemon so that stats can include the event buffers the guest has posted.
-    let backendCounters = Mutex<(@Sendable () -> Int)?>(nil)
+    /// Set by the daemon so that stats can include what the engine sees (event buffers posted, polling).
+    let backendCounters = Mutex<(@Sendable (inout Statistics) -> Void)?>(nil)
 
     init(path: String, device: IOMMUDevice, logger: Logger) throws {
         listener = try Listener(path: path)
@@ -136,7 +136,7 @@ final class ControlServer: @unchecked Sendable {
             }
         case "stats":
             var stats = device.model.withLock { Statistics($0) }
-            stats.eventBuffersPosted = backendCounters.withLock { $0?() } ?? 0
+            backendCounters.withLock { $0?(&stats) }
             return ControlReply(ok: true, stats: stats)
         case "domains":
             let domains = device.model.withLock { device in

@@ -160,7 +160,14 @@ struct Serve: ParsableCommand {
             polling: AdaptivePolling(maximumNanoseconds: pollMaxUs * 1000), logger: Logger(label: "vhost-user"))
         device.waker.withLock { $0 = backend.waker }
         let control = try controlSocket.map { try ControlServer(path: $0, device: device, logger: logger) }
-        control?.backendCounters.withLock { $0 = { backend.availableChains(queue: IOMMUDevice.eventQueue) } }
+        control?.backendCounters.withLock {
+            $0 = { stats in
+                stats.eventBuffersPosted = backend.availableChains(queue: IOMMUDevice.eventQueue)
+                let engine = backend.statistics
+                stats.polledTurns = engine.polledTurns
+                stats.blockingTurns = engine.blockingTurns
+            }
+        }
         let stop = Signals.handle(
             stop: { backend.requestStop(); control?.stop() },
             report: { Statistics.log(device, logger: logger) })

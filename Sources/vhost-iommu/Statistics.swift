@@ -18,6 +18,9 @@ struct Statistics: Codable, Sendable {
     var faultsPending: Int
     var faultsDropped: Int
     var eventBuffersPosted = 0
+    /// Event-loop turns whose work polling found, and turns that blocked first (with `--poll-max-us` > 0).
+    var polledTurns = 0
+    var blockingTurns = 0
     var resets: Int
 
     init(_ device: Device) {

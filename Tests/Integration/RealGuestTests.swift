@@ -20,7 +20,11 @@ struct RealGuestTests {
     }
     /// The rate workload: 1024 buffers of 4 KiB (one page each, so exactly one MAP and one UNMAP per
     /// buffer), 16 rounds, three runs per device; the median run counts.
-    static let workload = (buffers: 1024, size: 4096, iterations: 16, runs: 3)
+    static let workload = (buffers: 1024, size: 4096, iterations: 16,
+                           runs: ProcessInfo.processInfo.environment["VHOST_IOMMU_GUEST_RUNS"].flatMap { Int($0) }.map { max(1, $0) } ?? 3)
+    /// Extra daemon options for scripts/bench-guest (e.g. "--poll-max-us 0" to measure what polling buys).
+    static let extraDaemonArguments = (ProcessInfo.processInfo.environment["VHOST_IOMMU_DAEMON_ARGS"] ?? "")
+        .split(separator: " ").map(String.init)
 
     /// The daemon under test: the release build when scripts/test provides one (rates mean little in a
     /// debug build), else the debug build next to this test bundle.
@@ -33,7 +37,8 @@ struct RealGuestTests {
         let ours = try vhostUserScenario(files)
         let builtIn = try builtInRate(files)
         let ratio = ours / builtIn
-        let build = ProcessInfo.processInfo.environment["VHOST_IOMMU_DAEMON"] == nil ? "debug build" : "release build"
+        var build = ProcessInfo.processInfo.environment["VHOST_IOMMU_DAEMON"] == nil ? "debug build" : "release build"
+        if !Self.extraDaemonArguments.isEmpty { build += ", " + Self.extraDaemonArguments.joined(separator: " ") }
         print("""
             real-guest: VFIO 4 KiB map+unmap pairs/s, median of \(Self.workload.runs) runs of \
             \(Self.workload.buffers)×\(Self.workload.iterations): vhost-iommu (\(build)) \(Int(ours)), \
@@ -50,7 +55,7 @@ struct RealGuestTests {
         try runDaemonTool(Self.viotArguments + ["--output", viot])
 
         let daemon = try Daemon(["--endpoint", "\(Self.workloadEndpoint)", "--endpoint", "\(Self.removedEndpoint)",
-                                 "--log-level", "info"], executable: Self.daemonExecutable)
+                                 "--log-level", "info"] + Self.extraDaemonArguments, executable: Self.daemonExecutable)
         let machine = try Machine(qemu: files.qemu, arguments: Self.memory("512M") + [
             "-chardev", "socket,id=viommu,path=\(daemon.socketPath)",
             "-device", Self.vhostUserDevice, "-acpitable", "file=\(viot)",
@@ -74,6 +79,7 @@ struct RealGuestTests {
         // The workload: exactly one MAP and one UNMAP per buffer and round, plus VFIO_SET_IOMMU's own
         // 8 KiB MAP+UNMAP probe at IOVA 0 per container; every status OK (Linux ignores them, so check here).
         var rates: [Double] = []
+        let (polledBefore, blockedBefore) = (try stat(daemon, "polledTurns"), try stat(daemon, "blockingTurns"))
         for _ in 0..<Self.workload.runs {
             let before = try requestCounts(daemon)
             let result = try vfioRun(machine, group: group, Self.workload.buffers, Self.workload.iterations)
@@ -85,6 +91,9 @@ struct RealGuestTests {
             #expect(failures(after).isEmpty, "\(after)")
             rates.append(Double(result["pairs_per_second"] ?? "") ?? 0)
         }
+        // Which requests paid a wake-up: loop turns whose work polling found, and turns that slept first.
+        let polled = try stat(daemon, "polledTurns") - polledBefore, blocked = try stat(daemon, "blockingTurns") - blockedBefore
+        print("real-guest: during the workload the daemon found \(polled) turns' work by polling and slept before \(blocked)")
 
         // VM pause and resume (QEMU: stop = ENABLE 0 + GET_VRING_BASE, cont = SET_VRING_BASE with the same
         // index): every domain and mapping stays, and the held mappings still translate and unmap with OK.
