@@ -170,8 +170,11 @@ public final class VhostUserBackend: @unchecked Sendable {
             let waitStarted = ContinuousClock.now
             let polled = pollRings()
             // After a poll that found work, the other descriptors (socket, wake-ups) are checked at most
-            // every 50 µs: a syscall per request would be a good part of the request's cost.
-            if !polled || waitStarted - lastDescriptorCheck >= .microseconds(50) {
+            // every 50 µs: a syscall per request would be a good part of the request's cost. Kicks are
+            // back on first, so that no message is handled while a ring tells the driver not to kick.
+            let checkDescriptors = !polled || waitStarted - lastDescriptorCheck >= .microseconds(50)
+            if checkDescriptors {
+                if polled { resumeKicks() }
                 try loop.wait(timeout: polled ? 0 : -1) { ready.append(($0, $1)) }
                 lastDescriptorCheck = ContinuousClock.now
             }
@@ -200,32 +203,44 @@ public final class VhostUserBackend: @unchecked Sendable {
                 }
                 if disconnectRequested { return .disconnected }
             }
-            serviceOnDemandQueues()
-            publishAvailableCounts()
+            // Event buffers and faults: faults raised off the loop wake it (and so a descriptor check).
+            if checkDescriptors {
+                serviceOnDemandQueues()
+                publishAvailableCounts()
+            }
             if configChangePending.exchange(false, ordering: .acquiringAndReleasing) { sendConfigChange() }
         }
     }
 
     /// Spins on the request rings for up to the polling window, with the driver's kicks suppressed;
-    /// true when a ring has work (then the loop does not block).
+    /// true when a ring has work (then the loop does not block, and kicks stay off while it keeps
+    /// finding work: turning them on and off per request would cost a fence and a cache line each).
     private func pollRings() -> Bool {
-        guard polling.window > 0, queues.contains(where: isPollable) else { return false }
+        guard polling.window > 0, queues.contains(where: isPollable) else {
+            resumeKicks()
+            return false
+        }
         do {
-            for queue in queues where isPollable(queue) { try queue.setKicks(enabled: false) }
+            for queue in queues where isPollable(queue) && !queue.kicksSuppressed { try queue.setKicks(enabled: false) }
             let deadline = ContinuousClock.now + .nanoseconds(Int64(polling.window))
-            var found = false
-            while !found {
-                found = queues.contains { isPollable($0) && $0.hasAvailable }
-                if found || ContinuousClock.now >= deadline { break }
-                for _ in 0..<16 { cvu_cpu_relax() }
+            while true {
+                if queues.contains(where: { isPollable($0) && $0.hasAvailable }) { return true }
+                if ContinuousClock.now >= deadline { break }
+                for _ in 0..<4 { cvu_cpu_relax() }
             }
             // Kicks back on before blocking; entries that slipped in meanwhile count as found.
-            for queue in queues where isPollable(queue) { if try queue.setKicks(enabled: true) { found = true } }
+            var found = false
+            for queue in queues where queue.kicksSuppressed { if try queue.setKicks(enabled: true) { found = true } }
             return found
         } catch {
-            for queue in queues where isPollable(queue) { _ = try? queue.setKicks(enabled: true) }
+            resumeKicks()
             return false  // the kick path meets the same ring error and stops the queue
         }
+    }
+
+    /// Turns kicks back on wherever polling had turned them off.
+    private func resumeKicks() {
+        for queue in queues where queue.kicksSuppressed { _ = try? queue.setKicks(enabled: true) }
     }
 
     private func isPollable(_ queue: Virtqueue) -> Bool {

@@ -59,6 +59,8 @@ final class Virtqueue {
     var error: OwnedFileDescriptor?
 
     var eventIndex = false
+    /// Whether the ring currently tells the driver not to kick (the loop is polling it).
+    private(set) var kicksSuppressed = false
     var indirectDescriptors = false
 
     // Resolved ring pointers; nil until the ring starts with valid addresses.
@@ -87,6 +89,7 @@ final class Virtqueue {
         lastStoppedBase = nil
         started = false
         enabled = false
+        kicksSuppressed = false
         ringError = nil
         kick = nil
         call = nil
@@ -241,8 +244,13 @@ final class Virtqueue {
     }
 
     /// With EVENT_IDX, asks for a kick at the next avail entry; returns true if more arrived meanwhile.
+    /// While the loop polls (`kicksSuppressed`), it keeps kicks off instead, and only reports more entries.
     func armKick() throws(RingError) -> Bool {
         guard eventIndex, let used else { return try pendingCount() > 0 }
+        if kicksSuppressed {
+            cvu_store_relaxed_u16(used + 4 + 8 * size, (lastAvailIndex &- 1).littleEndian)  // kept one behind
+            return try pendingCount() > 0
+        }
         cvu_store_relaxed_u16(used + 4 + 8 * size, lastAvailIndex.littleEndian)
         cvu_full_fence()
         return try pendingCount() > 0
@@ -253,6 +261,7 @@ final class Virtqueue {
     /// it VRING_USED_F_NO_NOTIFY is set. Returns true if entries arrived before re-enabling took effect.
     @discardableResult
     func setKicks(enabled: Bool) throws(RingError) -> Bool {
+        kicksSuppressed = !enabled
         guard let used else { return false }
         if eventIndex {
             let event = enabled ? lastAvailIndex : lastAvailIndex &- 1
