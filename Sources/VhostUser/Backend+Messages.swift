@@ -249,6 +249,8 @@ extension VhostUserBackend {
     /// GET_VRING_BASE: stops the ring (every chain it popped has completed: handling is synchronous)
     /// and returns the next avail index.
     private func stop(_ queue: Virtqueue) -> [UInt8] {
+        // A ring stopped while polling had kicks off would leave the resumed driver never kicking.
+        if queue.kicksSuppressed { _ = try? queue.setKicks(enabled: true) }
         queue.started = false
         if let kick = queue.kick?.descriptor { loop.remove(kick) }
         queue.kick = nil

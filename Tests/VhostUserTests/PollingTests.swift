@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import Testing
 @testable import VhostUser
 import VhostUserTestSupport
@@ -63,5 +64,39 @@ import VhostUserTestSupport
         }
         let (used, reply) = h.roundTrip([3, 4])
         #expect(used?.length == 2 && reply == [4, 3])
+    }
+
+    // Ring states + §2.7.10: a pause (GET_VRING_BASE) that arrives while polling keeps finding work
+    // (kicks off) must find them back on, or a driver that honours avail_event would never kick the
+    // resumed ring. Requests keep flowing, unkicked, from another thread while the pause is sent.
+    @Test func pauseWhilePollingLeavesKicksOn() throws {
+        let h = try Harness(pollMaximum: 100_000_000)
+        try h.start()
+        let q = h.queues[0]
+        for i in 0..<100 { _ = h.roundTrip([UInt8(i & 0xff)]) }  // back to back: the loop polls
+        let stop = Atomic<Bool>(false)
+        let box = UncheckedBox(value: q)
+        let traffic = OSThread {
+            var i: UInt8 = 0
+            while !stop.load(ordering: .acquiring) {
+                box.value.add(readable: [[i, 1]], writable: [2])  // published, never kicked
+                _ = box.value.waitForUsed(1, timeout: .milliseconds(5), spinning: true)
+                i &+= 1
+            }
+        }
+        usleep(50_000)
+        let bases = try h.frontend.stop(queues: h.queues, enableMessages: false)  // GET_VRING_BASE alone
+        stop.store(true, ordering: .releasing)
+        traffic.join()
+        #expect(h.backend.statistics.polledTurns > 100)
+        #expect(q.availEvent == UInt16(bases[0]), "kicks must be asked for again before the ring stops")
+        try h.frontend.start(features: h.allFeatures, memory: [h.memory], queues: h.queues, bases: bases.map { UInt16($0) })
+        q.kickNow()  // requests published after the pause are served once the ring runs again
+        let deadline = ContinuousClock.now + .seconds(5)
+        while q.usedIndex != q.availIndex && ContinuousClock.now < deadline { usleep(100) }
+        _ = q.collectUsed()
+        let (used, reply) = h.roundTrip([5, 6])
+        #expect(used?.length == 2 && reply == [6, 5])
+        #expect(h.device.resets == 0)
     }
 }
