@@ -74,6 +74,8 @@ struct RealGuestTests {
         var counts = try requestCounts(daemon)
         #expect(counts["PROBE/OK"] == 2, "one PROBE per endpoint: \(counts)")
         #expect((counts["ATTACH/OK"] ?? 0) >= 2, "each endpoint attached: \(counts)")
+        let attached = Set(try domains(daemon).flatMap(\.endpoints))
+        #expect(attached == [Self.workloadEndpoint, Self.removedEndpoint], "endpoints in domains: \(attached)")
         #expect(failures(counts).isEmpty, "\(counts)")
 
         // The workload: exactly one MAP and one UNMAP per buffer and round, plus VFIO_SET_IOMMU's own

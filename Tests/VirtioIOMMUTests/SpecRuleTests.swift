@@ -163,6 +163,24 @@ import Testing
         #expect(device.endpoints[plainEndpoint]?.domain == 2)
     }
 
+    // §5.13.6.3.2 D16 + domain lifetime, as the real Linux guest drives it (VFIO: default domain 0 →
+    // blocking domain 1 → VFIO domain 2 with mappings → back to 1 and 0, then a new container reuses
+    // domain 2): an ID re-attached after its domain died names a fresh, empty domain.
+    @Test func reattachedDomainIDIsFresh() {
+        var device = makeDevice()
+        #expect(device.attach(plainEndpoint, to: 0) == .ok)
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)
+        #expect(device.attach(plainEndpoint, to: 2) == .ok)
+        #expect(device.map(2, 0x1_0000_0000, 0x1_0000_0fff) == .ok)
+        #expect(device.attach(plainEndpoint, to: 1) == .ok)  // domain 2 dies with its mapping
+        #expect(device.attach(plainEndpoint, to: 0) == .ok)
+        #expect(device.domains[2] == nil && device.mappingCount == 0)
+        #expect(device.attach(plainEndpoint, to: 2) == .ok)
+        #expect(device.mappings(of: 2).isEmpty)
+        #expect(device.map(2, 0x1_0000_0000, 0x1_0000_0fff) == .ok)  // no stale overlap
+        #expect(device.invariantViolation() == nil)
+    }
+
     // §5.13.6.3.2 D17: reserved regions that overlap the domain's mappings → UNSUPP.
     @Test func d17_incompatibleReservedRegions() {
         var device = makeDevice()
