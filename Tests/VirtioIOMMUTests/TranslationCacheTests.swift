@@ -15,9 +15,10 @@ import Testing
         return device
     }
 
-    func faultReason(_ device: inout Device, iova: UInt64 = 0x1010, pasid: UInt32? = nil) -> Fault.Reason? {
+    /// The reason of the fault a translation raises, or nil when it translates.
+    func faultReason(_ device: inout Device, iova: UInt64 = 0x1010, pasid: UInt32? = nil, access: Access = .read) -> Fault.Reason? {
         do {
-            _ = try device.translate(endpoint: plainEndpoint, pasid: pasid, iova: iova, length: 8, access: .read)
+            _ = try device.translate(endpoint: plainEndpoint, pasid: pasid, iova: iova, length: 4, access: access)
             return nil
         } catch .fault(let fault) {
             return fault.reason
@@ -36,19 +37,8 @@ import Testing
         }
         #expect(device.map(1, 0x3000, 0x3fff, phys: 0x20000, flags: .read) == .ok)
         #expect(try device.translate(endpoint: plainEndpoint, iova: 0x3000, length: 4, access: .read) == [Segment(address: 0x20000, length: 4)])
-        #expect(faultReasonForWrite(&device, iova: 0x3000) == .mapping)  // cached READ-only entry, write denied
+        #expect(faultReason(&device, iova: 0x3000, access: .write) == .mapping)  // cached READ-only entry, write denied
         #expect(device.invariantViolation() == nil)
-    }
-
-    func faultReasonForWrite(_ device: inout Device, iova: UInt64) -> Fault.Reason? {
-        do {
-            _ = try device.translate(endpoint: plainEndpoint, iova: iova, length: 4, access: .write)
-            return nil
-        } catch .fault(let fault) {
-            return fault.reason
-        } catch {
-            return nil
-        }
     }
 
     // §5.13.6.6: after UNMAP the range no longer translates.
