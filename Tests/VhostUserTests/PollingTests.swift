@@ -88,7 +88,7 @@ import VhostUserTestSupport
         let bases = try h.frontend.stop(queues: h.queues, enableMessages: false)  // GET_VRING_BASE alone
         stop.store(true, ordering: .releasing)
         traffic.join()
-        #expect(h.backend.statistics.polledTurns > 100)
+        #expect(h.backend.statistics.polledTurns > 0)  // polling was engaged when the pause came
         #expect(q.availEvent == UInt16(bases[0]), "kicks must be asked for again before the ring stops")
         try h.frontend.start(features: h.allFeatures, memory: [h.memory], queues: h.queues, bases: bases.map { UInt16($0) })
         q.kickNow()  // requests published after the pause are served once the ring runs again
