@@ -191,8 +191,9 @@ final class Virtqueue {
             }
             total += UInt64(length)
             guard total <= UInt64(UInt32.max) else { return .tooLarge }
-            if let p = memory.guestPhysical(address, length: UInt64(length)) {
-                // The usual case, a buffer inside one region: no per-piece closure.
+            if length > 0, let p = memory.guestPhysical(address, length: UInt64(length)) {
+                // The usual case, a buffer inside one region: no per-piece closure. (An empty readable
+                // buffer adds no piece, as before.)
                 let piece = UnsafeMutableRawBufferPointer(start: p, count: Int(length))
                 if isWrite { writable.append(piece) } else { readable.append(UnsafeRawBufferPointer(piece)) }
             } else {
