@@ -59,7 +59,9 @@ let package = Package(
             "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore", "DaemonTestSupport",
         ]),
         // A real QEMU and a real Linux guest in front of the daemon (scripts/setup-qemu, scripts/setup-guest).
-        .testTarget(name: "IntegrationTests", dependencies: ["vhost-iommu", "DaemonTestSupport"], path: "Tests/Integration"),
+        .testTarget(name: "IntegrationTests", dependencies: [
+            "vhost-iommu", "DaemonTestSupport", "VhostUser", .product(name: "SystemPackage", package: "swift-system"),
+        ], path: "Tests/Integration"),
         // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/benchmarks.md).
         .executableTarget(name: "vhost-iommu-bench", dependencies: ["VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore"]),
         // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer -DFUZZING; plain builds

@@ -202,8 +202,7 @@ public struct Device: Sendable {
             } ?? false
             guard domains.count - (freesOne ? 1 : 0) < configuration.limits.maxDomains else { return .noMemory }
         }
-        translationCache.invalidateAll()
-        if let old = endpoint.domain { detach(endpoint: endpoint.id, from: old) }  // D16
+        if let old = endpoint.domain { detach(endpoint: endpoint.id, from: old) }  // D16 (empties the IOTLB)
         if domains[request.domain] == nil {
             domains[request.domain] = Domain(id: request.domain, isBypass: wantsBypass)
         }

@@ -2,9 +2,11 @@
 /// skips the endpoint, domain and tree look-ups.
 ///
 /// Entries hold whole mappings and are tagged with a generation. Any change that can remove or
-/// redirect a translation (an UNMAP that removes something, ATTACH, DETACH, PASID attach changes,
-/// reset, feature negotiation) bumps the generation, which empties the cache in O(1). MAP never
-/// invalidates: a new mapping cannot overlap a cached one (D24). Misses are not cached.
+/// redirect a translation (an UNMAP that removes something, an endpoint leaving a domain — DETACH or
+/// ATTACH elsewhere, both through `Device.detach` — a domain dropped, PASID attach changes, reset,
+/// feature negotiation) bumps the generation, which empties the cache in O(1). An ATTACH of an
+/// unattached endpoint needs none: nothing is cached for it. MAP never invalidates: a new mapping
+/// cannot overlap a cached one (D24). Misses are not cached.
 struct TranslationCache: Sendable {
     struct Entry: Sendable {
         var generation: UInt64 = 0  // 0: never valid

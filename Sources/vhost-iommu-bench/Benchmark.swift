@@ -65,3 +65,19 @@ struct BenchmarkMain {
 extension String {
     func padded(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
 }
+
+/// This executable's path: the daemon and the PASID-store workers start from the same build folder.
+func ownExecutablePath() -> String? {
+    var path = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &path, path.count - 1)
+    guard n > 0 else { return nil }
+    return String(decoding: path[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// Starts `arguments[0]` with `arguments` as its argv (and `actions`, if any); the child's pid.
+func spawn(_ arguments: [String], actions: UnsafePointer<posix_spawn_file_actions_t>? = nil) -> pid_t? {
+    var argv = arguments.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    return posix_spawn(&pid, arguments[0], actions, nil, &argv, environ) == 0 ? pid : nil
+}

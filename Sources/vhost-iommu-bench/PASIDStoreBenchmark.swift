@@ -106,9 +106,7 @@ enum PASIDStoreBenchmark {
 
     /// Starts the contenders (this executable in worker mode) together; returns once each has reported.
     static func spawnWorkers(path: String) -> [Worker] {
-        var exe = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &exe, exe.count - 1)
-        let me = String(decoding: exe[0..<max(0, n)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let me = ownExecutablePath() else { return [] }
         var running: [(String, pid_t, Int32, Int32)] = []
         for i in 0..<contenders {
             var output: [Int32] = [0, 0], input: [Int32] = [0, 0]
@@ -121,11 +119,7 @@ enum PASIDStoreBenchmark {
             posix_spawn_file_actions_adddup2(&actions, output[1], 1)
             posix_spawn_file_actions_adddup2(&actions, input[0], 0)
             let owner = "vm-\(i)"
-            let arguments: [String] = [me, "--pasid-worker", path, owner]
-            var argv = arguments.map { strdup($0) } + [nil]
-            var pid: pid_t = 0
-            posix_spawn(&pid, me, &actions, nil, &argv, environ)
-            argv.forEach { free($0) }
+            let pid = spawn([me, "--pasid-worker", path, owner], actions: &actions) ?? -1
             posix_spawn_file_actions_destroy(&actions)
             close(output[1])
             close(input[0])

@@ -8,18 +8,11 @@ import VirtioIOMMU
 enum VhostUserPathBenchmark {
     /// Starts `vhost-iommu` from the same build folder; returns its pid and socket path.
     static func startDaemon(pollMaxMicroseconds: Int) -> (pid_t, String)? {
-        var exe = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &exe, exe.count - 1)
-        guard n > 0 else { return nil }
-        let path = String(decoding: exe[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let daemon = String(path[..<path.lastIndex(of: "/")!]) + "/vhost-iommu"
+        guard let path = ownExecutablePath(), let slash = path.lastIndex(of: "/") else { return nil }
+        let daemon = String(path[..<slash]) + "/vhost-iommu"
         let socket = "/tmp/vhost-iommu-bench-\(getpid()).sock"
-        let arguments = [daemon, "--socket-path", socket, "--pasid-store", "memory", "--log-level", "error", "--bypass", "off",
-                         "--poll-max-us", "\(pollMaxMicroseconds)"]
-        var argv = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        guard posix_spawn(&pid, daemon, nil, nil, &argv, environ) == 0 else { return nil }
+        guard let pid = spawn([daemon, "--socket-path", socket, "--pasid-store", "memory", "--log-level", "error",
+                               "--bypass", "off", "--poll-max-us", "\(pollMaxMicroseconds)"]) else { return nil }
         for _ in 0..<5000 where access(socket, F_OK) != 0 { usleep(1000) }
         return (pid, socket)
     }

@@ -1,5 +1,7 @@
 import Foundation
 import Glibc
+import SystemPackage
+import VhostUser
 
 struct MachineError: Error, CustomStringConvertible {
     var description: String
@@ -119,24 +121,16 @@ final class Machine {
     private func connectQMP() throws {
         let deadline = ContinuousClock.now + .seconds(10)
         while true {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                for (i, byte) in qmpPath.utf8.prefix(raw.count - 1).enumerated() { raw[i] = byte }
-            }
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
-                }
-            }
-            if connected {
+            let fd = try SystemCall.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue))
+            do {
+                try SystemCall.connect(fd, path: qmpPath)
                 var tv = timeval(tv_sec: 60, tv_usec: 0)
-                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-                qmpFD = fd
+                setsockopt(fd.rawValue, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                qmpFD = fd.rawValue
                 break
+            } catch {
+                try? fd.close()
             }
-            close(fd)
             guard ContinuousClock.now < deadline else { throw MachineError(description: "QMP socket \(qmpPath) never opened") }
             usleep(20_000)
         }
