@@ -139,6 +139,19 @@ public final class DriverQueue: @unchecked Sendable {
         cvu_store_release_u16(memory.pointer(availRing + 2), value.littleEndian)
     }
 
+    /// Rewrites the ring in place as a driver restarting after a device reset does: every
+    /// descriptor free, avail and used rings zeroed (indices back to 0), no reply outstanding.
+    public func rewriteForRestart() {
+        memory.pointer(descriptorTable).initializeMemory(as: UInt8.self, repeating: 0, count: 16 * size)
+        memory.pointer(availRing).initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 2 * size)
+        memory.pointer(usedRing).initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 8 * size)
+        availIndex = 0
+        lastSeenUsed = 0
+        freeHeads = (0..<UInt16(size)).reversed().map { $0 }
+        writableBuffers = [:]
+        chainLengths = [:]
+    }
+
     public func setAvailFlags(_ flags: UInt16) { memory.pointer(availRing).storeBytes(of: flags.littleEndian, as: UInt16.self) }
     public func setUsedEvent(_ value: UInt16) {
         memory.pointer(availRing + 4 + UInt64(2 * size)).storeBytes(of: value.littleEndian, as: UInt16.self)
