@@ -13,6 +13,7 @@ public enum ChainError: Error, Hashable, Sendable {
     case zeroLengthWritable
     case readableAfterWritable
     case tooLarge
+    case longerThanQueue
 }
 
 /// Why a queue stopped for good (until the next reset): the ring itself cannot be trusted.
@@ -196,6 +197,9 @@ final class Virtqueue {
             visited += 1
             walked += 1
             guard visited <= tableSize else { return .loop }
+            // §2.7.5.3.1: the driver MUST NOT create a chain longer than the queue size; an indirect
+            // table may hold more, which would let one chain cost 32 times what the ring allows.
+            guard visited <= size else { return .longerThanQueue }
             guard index < tableSize else { return .indexOutOfRange }
             let entry = table + index * Self.descriptorSize
             let address = UInt64(littleEndian: entry.loadUnaligned(as: UInt64.self))

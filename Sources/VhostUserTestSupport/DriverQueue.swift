@@ -90,6 +90,14 @@ public final class DriverQueue: @unchecked Sendable {
             parts.append(Descriptor(address: address, length: UInt32(count), flags: Self.flagWrite))
             writableParts.append((address, count))
         }
+        return add(parts: parts, writableParts: writableParts, indirect: indirect, publish: publish)
+    }
+
+    /// Links descriptors the caller laid out itself (buffers it placed, perhaps shared between
+    /// chains) into one chain, in a table of its own when `indirect`; returns its head.
+    @discardableResult
+    public func add(parts: [Descriptor], writableParts: [(UInt64, Int)] = [], indirect: Bool = false,
+                    publish: Bool = true) -> UInt16 {
         let head: UInt16
         if indirect {
             let table = memory.allocate(16 * parts.count)

@@ -47,6 +47,11 @@ struct BenchmarkMain {
         var sizes = arguments.contains("--quick") ? [1_000, 100_000] : [1_000, 100_000, 1_000_000]
         if let i = arguments.firstIndex(of: "--size"), i + 1 < arguments.endIndex, let n = Int(arguments[i + 1]) { sizes = [n] }
         var report = Report()
+        if arguments.contains("--flood-only") {
+            print("flood (test front-end → real daemon): waits and costs a guest can cause")
+            FloodBenchmark.run(report: &report)
+            return
+        }
         if !arguments.contains("--vhost-user-only") && !arguments.contains("--pasid-only") {
             print("device model (ns per operation; median of 5)")
             DeviceModelBenchmark.run(sizes: sizes, report: &report)
@@ -58,6 +63,11 @@ struct BenchmarkMain {
         if !arguments.contains("--device-model-only") && !arguments.contains("--vhost-user-only") {
             print("PASID store (alloc+free)")
             PASIDStoreBenchmark.run(report: &report)
+        }
+        if !arguments.contains("--device-model-only") && !arguments.contains("--vhost-user-only")
+            && !arguments.contains("--pasid-only") && !arguments.contains("--quick") {
+            print("flood (test front-end → real daemon): waits and costs a guest can cause")
+            FloodBenchmark.run(report: &report)
         }
     }
 }

@@ -19,6 +19,26 @@ import VhostUserTestSupport
         #expect(h.device.mostChainsPerCall == VhostUserBackend.lockBatchChains)
     }
 
+    // §2.7.5.3.1: a driver MUST NOT create a chain longer than the queue size. An indirect table may
+    // hold up to 32,768 entries; a chain longer than the ring is refused (used length 0, nothing
+    // written), which bounds what one chain costs to walk. One exactly as long as the ring is served.
+    @Test func chainsLongerThanTheQueueAreRefused() throws {
+        let h = try Harness(queueSize: 256)
+        try h.start()
+        let q = h.queues[0]
+        let longest = q.add(readable: (0..<255).map { [UInt8($0)] }, writable: [255], indirect: true)
+        q.kickNow()
+        #expect(q.waitForUsed(1) == [DriverQueue.Used(head: longest, length: 255)])
+        #expect(q.reply(of: longest) == (0..<255).reversed().map { UInt8($0) })
+        let tooLong = q.add(readable: (0..<256).map { [UInt8($0)] }, writable: [256], indirect: true)
+        q.kickNow()
+        #expect(q.waitForUsed(1) == [DriverQueue.Used(head: tooLong, length: 0)])
+        #expect(q.reply(of: tooLong) == [UInt8](repeating: 0xAA, count: 256), "nothing written")
+        #expect(h.backend.statistics.badChains == 1 && h.backend.statistics.ringErrors == 0)
+        let (used, reply) = h.roundTrip([1, 2])
+        #expect(used?.length == 2 && reply == [2, 1])
+    }
+
     @Test func warningsFromInputAreRateLimited() {
         var limiter = LogRateLimiter(burst: 3, window: .seconds(10))
         let start = ContinuousClock.now
