@@ -310,6 +310,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             queue.restartsFresh = restartsFresh
         }
         status = 0
+        polling = AdaptivePolling(maximumNanoseconds: polling.maximum)  // a fresh device has not polled yet
         device.reset()
     }
 
