@@ -47,9 +47,17 @@ struct BenchmarkMain {
         var sizes = arguments.contains("--quick") ? [1_000, 100_000] : [1_000, 100_000, 1_000_000]
         if let i = arguments.firstIndex(of: "--size"), i + 1 < arguments.endIndex, let n = Int(arguments[i + 1]) { sizes = [n] }
         var report = Report()
+        if arguments.contains("--bounds-only") {
+            print("device model, bounded work per request (ns per operation; median of 5)")
+            var count = 65_536
+            if let i = arguments.firstIndex(of: "--endpoints"), i + 1 < arguments.endIndex, let n = Int(arguments[i + 1]) { count = n }
+            BoundedWorkBenchmark.run(report: &report, endpoints: count)
+            return
+        }
         if !arguments.contains("--vhost-user-only") && !arguments.contains("--pasid-only") {
             print("device model (ns per operation; median of 5)")
             DeviceModelBenchmark.run(sizes: sizes, report: &report)
+            BoundedWorkBenchmark.run(report: &report)
         }
         if !arguments.contains("--device-model-only") && !arguments.contains("--pasid-only") {
             print("vhost-user path (test front-end → real daemon)")
