@@ -31,6 +31,13 @@ struct Report {
         print(line)
     }
 
+    /// A ratio measured side by side; two decimals, since a refused request costs a few hundredths of a normal one.
+    mutating func ratio(_ group: String, _ name: String, _ value: Double) {
+        let line = "\(group.padded(22)) \(name.padded(40)) \(String((value * 100).rounded() / 100))×"
+        lines.append(line)
+        print(line)
+    }
+
     func format(_ value: Double) -> String {
         let rounded = (value * 10).rounded() / 10
         return String(rounded)
