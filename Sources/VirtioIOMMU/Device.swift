@@ -232,9 +232,8 @@ public struct Device: Sendable {
         if domains[request.domain] == nil {
             domains[request.domain] = Domain(id: request.domain, isBypass: wantsBypass)
         }
-        domains[request.domain]!.endpoints.append(endpoint.id)
+        domains[request.domain]!.attachPrimary(endpoint)
         endpoints[endpoint.id]!.domain = request.domain
-        refreshReservedRanges(of: request.domain)
         return .ok  // D18
     }
 
@@ -334,9 +333,8 @@ public struct Device: Sendable {
     mutating func detach(endpoint id: Endpoint.ID, from domainID: Domain.ID) {
         translationCache.invalidateAll()
         endpoints[id]?.domain = nil
-        guard domains[domainID] != nil else { return }
-        domains[domainID]!.endpoints.removeAll { $0 == id }
-        refreshReservedRanges(of: domainID)
+        guard let endpoint = endpoints[id], domains[domainID] != nil else { return }
+        domains[domainID]!.detachPrimary(endpoint)
         dropIfUnheld(domainID)
     }
 
@@ -346,13 +344,6 @@ public struct Device: Sendable {
         translationCache.invalidateAll()
         mappingCount -= domain.mappings.count
         domains[domainID] = nil
-    }
-
-    private mutating func refreshReservedRanges(of domainID: Domain.ID) {
-        guard let members = domains[domainID]?.endpoints else { return }
-        var ranges: [IOVARange] = []
-        for member in members { ranges.append(contentsOf: endpoints[member]?.reservedRegions.map(\.range) ?? []) }
-        domains[domainID]!.reservedRanges = ranges
     }
 
     // MARK: Statistics

@@ -139,7 +139,7 @@ import Testing
         var device = makeDevice()
         #expect(device.attach(plainEndpoint, to: 1) == .ok)
         #expect(device.attach(msiEndpoint, to: 1) == .ok)
-        #expect(device.domains[1]?.endpoints == [plainEndpoint, msiEndpoint])
+        #expect(device.domains[1]?.endpoints == Set([plainEndpoint, msiEndpoint]))
     }
 
     // §5.13.6.3.2 D15: existing domain with the other bypass kind → INVAL, and nothing changes.
