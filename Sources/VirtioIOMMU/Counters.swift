@@ -13,6 +13,8 @@ public struct Counters: Sendable, Hashable {
     public internal(set) var faultsDelivered = 0
     /// Device resets (a guest reboot, the transport's reset); the request counts carry on across them.
     public internal(set) var resets = 0
+    /// Resets whose release of this VM's PASIDs the store refused (`Device.lastPASIDReleaseFailure` says why).
+    public internal(set) var pasidReleaseFailures = 0
     /// Event buffers the driver has posted so far (counted by the transport).
     public var eventBuffersPosted = 0
 

@@ -99,3 +99,12 @@ extension Device {
         return .ok
     }
 }
+
+/// A reset could not give this VM's PASIDs back to the host-wide store.
+public struct PASIDReleaseFailure: Error, Hashable, Sendable {
+    /// What the store threw from `releaseAll(owner:)`.
+    public let error: PASIDStoreError
+    /// The PASIDs the device held then, ascending; the device forgot them, but the store may still list
+    /// them under this VM's owner until a later release succeeds.
+    public let pasids: [PASID]
+}

@@ -23,6 +23,11 @@ public struct Device: Sendable {
     public let owner: String
     /// PASIDs this VM holds, allocated through this device.
     public internal(set) var heldPASIDs: Set<PASID> = []
+    /// The last failure to give this VM's PASIDs back to the store on reset (each is counted in
+    /// `counters.pasidReleaseFailures`); nil if none has failed.
+    public private(set) var lastPASIDReleaseFailure: PASIDReleaseFailure?
+    /// A release failed and has not succeeded since: the next reset tries again even if no PASID is held.
+    private var pasidReleaseOutstanding = false
 
     /// The largest readable snapshot a request needs (PROBE: 72 bytes).
     public static let maxRequestSize = 72
@@ -127,8 +132,16 @@ public struct Device: Sendable {
         }
         mappingCount = 0
         faults.removeAll()
-        if !heldPASIDs.isEmpty, let pasidStore {
-            _ = try? pasidStore.releaseAll(owner: owner)
+        if !heldPASIDs.isEmpty || pasidReleaseOutstanding, let pasidStore {
+            do throws(PASIDStoreError) {
+                try pasidStore.releaseAll(owner: owner)
+                pasidReleaseOutstanding = false
+            } catch {
+                // The store may still list them under `owner`: say so, and try again on the next reset.
+                counters.pasidReleaseFailures += 1
+                lastPASIDReleaseFailure = PASIDReleaseFailure(error: error, pasids: heldPASIDs.sorted())
+                pasidReleaseOutstanding = true
+            }
             heldPASIDs.removeAll()
         }
     }
