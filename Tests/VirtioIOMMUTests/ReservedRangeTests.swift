@@ -57,6 +57,9 @@ import Testing
                     for address in [page << 12, page << 12 | 0xfff] {
                         let naive = members.contains { $0.contains(address) }
                         #expect(merged.contains { $0.contains(address) } == naive, "seed \(seed) step \(step) domain \(id) 0x\(String(address, radix: 16))")
+                        // One byte at a region's first or last byte: the edges of the binary search.
+                        #expect(d.overlapsReservedRange(IOVARange(first: address, last: address)!) == naive,
+                                "seed \(seed) step \(step) domain \(id) byte 0x\(String(address, radix: 16))")
                     }
                     let naive = members.contains { $0.overlaps(Self.page(page)) }
                     #expect(d.overlapsReservedRange(Self.page(page)) == naive, "seed \(seed) step \(step) domain \(id) page \(page)")
@@ -75,6 +78,25 @@ import Testing
             }
         }
         #expect(device.counters.count(.attach, .ok) > 100 && device.counters.count(.detach, .ok) > 50)
+    }
+
+    // D45 at byte granularity: a MAP touching only the first or the last byte of a reserved region, or of
+    // one at either end of the 64-bit space, is refused; one ending or starting just beside it is not.
+    @Test func mapBesideAndOnTheEdgesOfReservedRegions() {
+        let low = IOVARange(first: 0, last: 0xfff)!, middle = IOVARange(first: 0x1_0000, last: 0x1_ffff)!
+        let top = IOVARange(first: .max - 0xfff, last: .max)!
+        var device = try! Device(configuration: Configuration(
+            endpoints: [1: [ReservedRegion(.reserved, low), ReservedRegion(.reserved, middle), ReservedRegion(.reserved, top)]],
+            pageSizeMask: 1, bypass: false))
+        device.negotiate(Features(rawValue: 1 << 2))  // MAP_UNMAP (§5.13.3)
+        #expect(device.attach(1, to: 1) == .ok)
+        for (first, last) in [(0, 0), (0xfff, 0xfff), (0xffff, 0x1_0000), (0x1_ffff, 0x1_ffff), (0x1_ffff, 0x2_0000),
+                              (.max - 0xfff, .max - 0xfff), (.max, .max), (0x800, .max)] as [(UInt64, UInt64)] {
+            #expect(device.map(1, first, last, phys: 0) == .invalid, "0x\(String(first, radix: 16))...0x\(String(last, radix: 16))")
+        }
+        for (first, last) in [(0x1000, 0x1000), (0x1001, 0xffff), (0x2_0000, 0x2_0000), (0x2_0001, .max - 0x1000)] as [(UInt64, UInt64)] {
+            #expect(device.map(1, first, last, phys: 0) == .ok, "0x\(String(first, radix: 16))...0x\(String(last, radix: 16))")
+        }
     }
 
     // D45: a region shared by several endpoints stays reserved until the last of them leaves; the count,
