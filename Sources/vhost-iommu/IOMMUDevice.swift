@@ -1,3 +1,4 @@
+import Logging
 import PASIDStore
 import Synchronization
 import VhostUser
@@ -14,8 +15,13 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
     /// Set once the engine exists, so that faults raised off the loop thread wake it.
     let waker = Mutex<Waker?>(nil)
 
-    init(configuration: Configuration, pasidStore: (any PASIDAllocator)? = nil, owner: String = "") throws(ConfigurationError) {
+    /// For what a reset could not undo (the PASID store refusing to take this VM's PASIDs back).
+    private let logger: Logger
+
+    init(configuration: Configuration, pasidStore: (any PASIDAllocator)? = nil, owner: String = "",
+         logger: Logger = Logger(label: "vhost-iommu")) throws(ConfigurationError) {
         self.configuration = configuration
+        self.logger = logger
         model = Mutex(try Device(configuration: configuration, pasidStore: pasidStore, owner: owner))
     }
 
@@ -64,7 +70,17 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
         }
     }
 
-    func reset() { model.withLock { $0.reset() } }
+    /// A failed PASID release does not stop the reset; it is logged here and counted in stats.
+    func reset() {
+        let failure: PASIDReleaseFailure? = model.withLock { device in
+            let before = device.counters.pasidReleaseFailures
+            device.reset()
+            return device.counters.pasidReleaseFailures > before ? device.lastPASIDReleaseFailure : nil
+        }
+        if let failure {
+            logger.error("device reset: the PASID store did not take back this VM's \(failure.pasids.count) PASIDs: \(failure.error)")
+        }
+    }
 
     /// Translates for a consumer; a fault is queued for the guest and the loop is woken to deliver it.
     func translate(endpoint: UInt32, pasid: UInt32?, iova: UInt64, length: UInt64, access: Access) -> Result<Segments, TranslationError> {

@@ -152,9 +152,13 @@ struct Serve: ParsableCommand {
         }
         defer {
             // A clean exit gives this VM's PASIDs back; a crash leaves them to the lease reclaim.
-            if let durable = store as? SQLitePASIDStore { try? durable.unregister(owner: owner) }
+            if let durable = store as? SQLitePASIDStore {
+                do { try durable.unregister(owner: owner) } catch {
+                    logger.error("PASID store: could not give back this VM's PASIDs at exit (the lease reclaims them): \(error)")
+                }
+            }
         }
-        let device = try IOMMUDevice(configuration: deviceConfiguration(), pasidStore: store, owner: owner)
+        let device = try IOMMUDevice(configuration: deviceConfiguration(), pasidStore: store, owner: owner, logger: logger)
         let backend = try VhostUserBackend(
             device: device, limits: .init(maxMemoryRegions: maxMemoryRegions, maxMessageSize: maxMessageSize),
             polling: AdaptivePolling(maximumNanoseconds: pollMaxUs * 1000), logger: Logger(label: "vhost-user"))

@@ -28,6 +28,10 @@ struct Statistics: Codable, Sendable {
     var refusedMessages = 0
     var warningsSuppressed = 0
     var resets: Int
+    /// Resets whose release of this VM's PASIDs the store refused (logged as errors).
+    var pasidReleaseFailures: Int
+    /// Requests refused for a writable part far larger than their reply (docs/device-behaviour.md).
+    var oversizedWritableParts: Int
 
     init(_ device: Device) {
         let counters = device.counters
@@ -39,6 +43,8 @@ struct Statistics: Codable, Sendable {
         }
         unanswered = counters.unanswered
         resets = counters.resets
+        pasidReleaseFailures = counters.pasidReleaseFailures
+        oversizedWritableParts = counters.oversizedWritableParts
         domains = device.domains.count
         mappings = device.mappingCount
         faultsRaised = counters.faultsRaised
@@ -52,7 +58,7 @@ struct Statistics: Codable, Sendable {
         let requests = s.requests.map { "\($0.type)/\($0.status)=\($0.count)" }.joined(separator: " ")
         logger.info("""
             counters: requests [\(requests.isEmpty ? "none" : requests)] unanswered=\(s.unanswered) \
-            resets=\(s.resets) domains=\(s.domains) mappings=\(s.mappings) faults raised=\(s.faultsRaised) \
+            resets=\(s.resets) pasid_release_failures=\(s.pasidReleaseFailures) domains=\(s.domains) mappings=\(s.mappings) faults raised=\(s.faultsRaised) \
             delivered=\(s.faultsDelivered) pending=\(s.faultsPending) dropped=\(s.faultsDropped)
             """)
     }

@@ -1,4 +1,5 @@
 import DaemonTestSupport
+@testable import PASIDStore
 import Testing
 import VhostUser
 import VhostUserTestSupport
@@ -46,6 +47,29 @@ import VirtioIOMMU
             if let explained = stats["ringAnomaliesExplained"] as? Int, explained > explainedBefore { raced = true }
         }
         #expect(raced, "the daemon never read a rewritten ring before the reset: the race was not exercised")
+        #expect(daemon.terminate() == 0)
+    }
+}
+
+/// A reset whose PASID release the store refuses (here: its table renamed under the daemon) is not
+/// swallowed: the daemon logs it as an error and counts it in stats, and the reset still happens
+/// (docs/pasid-extension.md rule 6: a reset gives the VM's PASIDs back, or says that it could not).
+@Suite struct PASIDReleaseFailureEndToEndTests {
+    @Test func refusedReleaseIsLoggedAndCounted() throws {
+        let store = temporaryStore()
+        defer { removeStore(store) }
+        let daemon = try Daemon(["--pasid-store", store, "--vm", "vm-release"])
+        let guest = try Guest(daemon, acceptPASID: true)
+        #expect(guest.allocPASID().0 == .ok)
+        #expect(guest.status(AttachRequest(domain: 1, endpoint: 8).encoded) == .ok)
+        let connection = try SQLiteConnection(path: store)
+        try connection.execute("ALTER TABLE pasids RENAME TO pasids_elsewhere")
+        try guest.restartAsResetGuest()
+        let stats = try daemon.stats()
+        #expect(stats["pasidReleaseFailures"] as? Int == 1)
+        #expect(stats["domains"] as? Int == 0, "the rest of the reset happened")
+        #expect(try daemon.waitForLog("did not take back this VM's 1 PASIDs"))
+        try connection.execute("ALTER TABLE pasids_elsewhere RENAME TO pasids")
         #expect(daemon.terminate() == 0)
     }
 }
