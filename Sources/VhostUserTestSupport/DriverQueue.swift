@@ -201,7 +201,35 @@ public final class DriverQueue: @unchecked Sendable {
         (writableBuffers[head] ?? []).flatMap { memory.read($0.1, at: $0.0) }
     }
 
-    /// Whether the back-end signalled the call eventfd (consumes the signal).
+    /// Whether the back-end has signalled the call eventfd by now (consumes the signal). The engine
+    /// publishes used.idx before it signals, so right after a used entry appears this may still be
+    /// false: a test that expects a call uses `waitForCall`, and one that expects none first ends the
+    /// back-end's turn with a message round trip (see `TestFrontend.sync`).
     public func wasCalled() -> Bool { SystemCall.drain(call.descriptor) > 0 }
+
+    /// Waits (poll(2) on the call eventfd, no sleeping) until the back-end signals it or `timeout`
+    /// passes; true if it was signalled (the signal is consumed).
+    public func waitForCall(timeout: Duration = .seconds(5)) -> Bool {
+        Self.waitForSignal(call, timeout: timeout)
+    }
+
+    /// Waits until the back-end signals the error eventfd or `timeout` passes (the signal is consumed).
+    public func waitForError(timeout: Duration = .seconds(5)) -> Bool {
+        Self.waitForSignal(errorDescriptor, timeout: timeout)
+    }
+
     public func errorSignalled() -> Bool { SystemCall.drain(errorDescriptor.descriptor) > 0 }
+
+    private static func waitForSignal(_ eventFD: borrowing OwnedFileDescriptor, timeout: Duration) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if SystemCall.drain(eventFD.descriptor) > 0 { return true }
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { return false }
+            let (seconds, attoseconds) = remaining.components
+            let milliseconds = Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+            var pfd = pollfd(fd: eventFD.rawValue, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, max(1, milliseconds))  // EINTR or a timeout: the loop re-checks
+        }
+    }
 }
