@@ -152,6 +152,26 @@ public final class DriverQueue: @unchecked Sendable {
 
     public func kickNow() { SystemCall.signal(kick.descriptor) }
 
+    /// Whether the device asks for a kick now that avail.idx moved on from `previous` (virtio 1.4
+    /// §2.7.10, what Linux's virtqueue_kick_prepare checks): with VIRTIO_F_EVENT_IDX when the new
+    /// entries pass avail_event, otherwise unless the device set VRING_USED_F_NO_NOTIFY.
+    public func deviceWantsKick(since previous: UInt16, eventIndex: Bool) -> Bool {
+        cvu_full_fence()  // virtio_mb: the avail.idx store is visible before avail_event or flags are read
+        if eventIndex { return availIndex &- availEvent &- 1 < availIndex &- previous }
+        return usedFlags & Self.usedFlagNoNotify == 0
+    }
+
+    /// Kicks only if the device asks for it (`deviceWantsKick`), as a driver does; returns whether it kicked.
+    @discardableResult
+    public func kickIfWanted(since previous: UInt16, eventIndex: Bool) -> Bool {
+        guard deviceWantsKick(since: previous, eventIndex: eventIndex) else { return false }
+        kickNow()
+        return true
+    }
+
+    /// VRING_USED_F_NO_NOTIFY (virtio 1.4 §2.7.10): the device asks the driver not to kick.
+    public static let usedFlagNoNotify: UInt16 = 1
+
     /// Used entries that appeared since the last call; their descriptors return to the free list.
     public func collectUsed() -> [Used] {
         var result: [Used] = []
