@@ -13,17 +13,8 @@ import VirtioIOMMU
     // The command line follows QEMU's back-end program conventions.
     @Test func printCapabilitiesAndUsageErrors() throws {
         func run(_ arguments: [String]) throws -> (Int32, String, String) {
-            let process = Process()
-            process.executableURL = Daemon.executable
-            process.arguments = arguments
-            let out = Pipe(), err = Pipe()
-            process.standardOutput = out
-            process.standardError = err
-            try process.run()
-            process.waitUntilExit()
-            return (process.terminationStatus,
-                    String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-                    String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+            let result = try runDaemonCommand(arguments)
+            return (result.status, result.output, result.errors)
         }
         let (status, out, _) = try run(["--print-capabilities"])
         #expect(status == 0)
