@@ -146,7 +146,7 @@ public final class DriverQueue: @unchecked Sendable {
     public var availEvent: UInt16 {
         UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing + 4 + UInt64(8 * size))))
     }
-    /// used.flags as the device last wrote it (bit 0: VRING_USED_F_NO_NOTIFY).
+    /// used.flags as the device last wrote it (bit 0: VIRTQ_USED_F_NO_NOTIFY).
     public var usedFlags: UInt16 { UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing))) }
     public var usedIndex: UInt16 { UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing + 2))) }
 
@@ -154,11 +154,11 @@ public final class DriverQueue: @unchecked Sendable {
 
     /// Whether the device asks for a kick now that avail.idx moved on from `previous` (virtio 1.4
     /// §2.7.10, what Linux's virtqueue_kick_prepare checks): with VIRTIO_F_EVENT_IDX when the new
-    /// entries pass avail_event, otherwise unless the device set VRING_USED_F_NO_NOTIFY.
+    /// entries pass avail_event, otherwise unless the device set VIRTQ_USED_F_NO_NOTIFY.
     public func deviceWantsKick(since previous: UInt16, eventIndex: Bool) -> Bool {
         cvu_full_fence()  // virtio_mb: the avail.idx store is visible before avail_event or flags are read
         if eventIndex { return availIndex &- availEvent &- 1 < availIndex &- previous }
-        return usedFlags & Self.usedFlagNoNotify == 0
+        return usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
     }
 
     /// Kicks only if the device asks for it (`deviceWantsKick`), as a driver does; returns whether it kicked.
@@ -168,9 +168,6 @@ public final class DriverQueue: @unchecked Sendable {
         kickNow()
         return true
     }
-
-    /// VRING_USED_F_NO_NOTIFY (virtio 1.4 §2.7.10): the device asks the driver not to kick.
-    public static let usedFlagNoNotify: UInt16 = 1
 
     /// Used entries that appeared since the last call; their descriptors return to the free list.
     public func collectUsed() -> [Used] {

@@ -86,7 +86,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
             { try frontend.setProtocolFeatures(.supported) },
             { _ = try frontend.getU64(.getQueueNum) },
             { try frontend.setOwner() },
-            { try frontend.setFeatures(TransportFeatures.all | Features.standard.rawValue) },
+            { try frontend.setFeatures(IOMMUSpec.linuxGuestFeatures & ~VirtioSpec.VIRTIO_F_ACCESS_PLATFORM) },
             { try frontend.setMemTable([memory]) },
         ]
         for queue in queues {

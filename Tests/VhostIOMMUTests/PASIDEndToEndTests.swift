@@ -96,7 +96,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         defer { removeStore(store) }
         let daemon = try Daemon(["--endpoint", "0x10,pasid=8", "--endpoint", "0x18", "--pasid-store", store, "--vm", "vm-e2e", "--bypass", "off"])
         let guest = try Guest(daemon, acceptPASID: true)
-        #expect(guest.features & Features.pasid.rawValue != 0)
+        #expect(guest.features & IOMMUSpec.VIRTIO_IOMMU_F_PASID != 0)
         for _ in 0..<2 { guest.events.add(readable: [], writable: [24]) }
         guest.events.kickNow()
         // PROBE reports the PASID width after the MSI window.

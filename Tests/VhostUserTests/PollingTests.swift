@@ -32,14 +32,14 @@ import VhostUserTestSupport
     }
 
     // §2.7.10: while the engine polls, the driver is told not to kick (EVENT_IDX: avail_event one
-    // behind the next index; otherwise VRING_USED_F_NO_NOTIFY), and a request published without a
+    // behind the next index; otherwise VIRTQ_USED_F_NO_NOTIFY), and a request published without a
     // kick is served. Each turn that ends with a kick-served request grows the window, so this holds
     // however loaded the machine is; once idle past the window, kicks are asked for again.
     @Test(arguments: [true, false])
     func polledRingServesRequestsWithoutKicks(eventIndex: Bool) throws {
         let h = try Harness(pollMaximum: 100_000_000)  // up to 100 ms
         var features = h.allFeatures
-        if !eventIndex { features &= ~TransportFeatures.eventIndex }
+        if !eventIndex { features &= ~VirtioSpec.VIRTIO_F_EVENT_IDX }
         try h.start(features: features)
         let q = h.queues[0]
         var servedWithoutKick = 0
@@ -68,7 +68,7 @@ import VhostUserTestSupport
     // Each attempt first shows that the pause really arrived while kicks were off. The engine turns
     // kicks back on before it reads any message, and a stopped ring never turns them off, so "do not
     // kick" read in the ring after GET_VRING_BASE is in the socket means the message waited there with
-    // kicks off. Without EVENT_IDX that is VRING_USED_F_NO_NOTIFY, set only while kicks are off. With
+    // kicks off. Without EVENT_IDX that is VIRTQ_USED_F_NO_NOTIFY, set only while kicks are off. With
     // EVENT_IDX it is avail_event one behind avail.idx once the device has consumed everything, which
     // kicks-on also writes just before the device pops the last entry: so the driver first waits for
     // the call of that entry (used_event asks for it), which the device makes after its last write to
@@ -77,7 +77,7 @@ import VhostUserTestSupport
     func pauseWhilePollingLeavesKicksOn(eventIndex: Bool) throws {
         let h = try Harness(pollMaximum: 100_000_000)
         var features = h.allFeatures
-        if !eventIndex { features &= ~TransportFeatures.eventIndex }
+        if !eventIndex { features &= ~VirtioSpec.VIRTIO_F_EVENT_IDX }
         try h.start(features: features)
         let q = h.queues[0]
         var pausedWithKicksOff = false
@@ -108,8 +108,8 @@ import VhostUserTestSupport
             let eventBase = UInt16(try h.frontend.getVringBase(1))
             try h.frontend.setStatus(0)
             // Kicks asked for again before the ring stopped: at the returned base (the racing request may
-            // or may not have been consumed), or VRING_USED_F_NO_NOTIFY clear.
-            let kicksOn = eventIndex ? q.availEvent == base : q.usedFlags & DriverQueue.usedFlagNoNotify == 0
+            // or may not have been consumed), or VIRTQ_USED_F_NO_NOTIFY clear.
+            let kicksOn = eventIndex ? q.availEvent == base : q.usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
             #expect(kicksOn, "kicks must be asked for again before the ring stops")
             try h.frontend.start(features: features, memory: [h.memory], queues: h.queues, bases: [base, eventBase])
             q.kickNow()  // requests published after the pause are served once the ring runs again
@@ -126,9 +126,9 @@ import VhostUserTestSupport
 
 /// Whether the ring asks the driver to kick for the next entry it adds (§2.7.10), every entry so far
 /// consumed: with EVENT_IDX avail_event is avail.idx (one behind: no new index passes it), otherwise
-/// VRING_USED_F_NO_NOTIFY is clear.
+/// VIRTQ_USED_F_NO_NOTIFY is clear.
 private func kicksWanted(_ q: DriverQueue, eventIndex: Bool) -> Bool {
-    eventIndex ? q.availEvent == q.availIndex : q.usedFlags & DriverQueue.usedFlagNoNotify == 0
+    eventIndex ? q.availEvent == q.availIndex : q.usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
 }
 
 /// Polls `condition` until it holds or `timeout` passes.

@@ -38,7 +38,7 @@ import VhostUserTestSupport
     // Without INDIRECT_DESC negotiated, an indirect chain is bad: used length 0, queue keeps running.
     @Test func indirectWithoutFeature() throws {
         let h = try Harness()
-        try h.start(features: h.allFeatures & ~TransportFeatures.indirectDescriptors)
+        try h.start(features: h.allFeatures & ~VirtioSpec.VIRTIO_F_INDIRECT_DESC)
         h.queues[0].add(readable: [[1]], writable: [1], indirect: true)
         h.queues[0].kickNow()
         #expect(h.queues[0].waitForUsed(1).first?.length == 0)
@@ -126,8 +126,8 @@ import VhostUserTestSupport
     // §2.7.7: without EVENT_IDX, VIRTQ_AVAIL_F_NO_INTERRUPT suppresses the call.
     @Test func noInterruptFlag() throws {
         let h = try Harness()
-        try h.start(features: h.allFeatures & ~TransportFeatures.eventIndex)
-        h.queues[0].setAvailFlags(1)
+        try h.start(features: h.allFeatures & ~VirtioSpec.VIRTIO_F_EVENT_IDX)
+        h.queues[0].setAvailFlags(VirtioSpec.VIRTQ_AVAIL_F_NO_INTERRUPT)
         _ = h.roundTrip([1])
         try h.frontend.sync()  // a call for that entry would have been made by now
         #expect(!h.queues[0].wasCalled())
@@ -159,7 +159,7 @@ import VhostUserTestSupport
     // Ring states: without VHOST_USER_F_PROTOCOL_FEATURES there is no SET_VRING_ENABLE; rings start enabled.
     @Test func withoutProtocolFeaturesRingsAreEnabled() throws {
         let h = try Harness()
-        try h.start(features: h.allFeatures & ~TransportFeatures.protocolFeatures)
+        try h.start(features: h.allFeatures & ~VirtioSpec.VHOST_USER_F_PROTOCOL_FEATURES)
         #expect(h.roundTrip([5, 6]).1 == [6, 5])
         #expect(h.device.processed == 1)
     }
