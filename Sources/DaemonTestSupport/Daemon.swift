@@ -33,8 +33,10 @@ public final class Daemon: @unchecked Sendable {
         return me.deletingLastPathComponent().appendingPathComponent("vhost-iommu")
     }
 
-    /// Starts the daemon with its own socket, control socket and debug logging, a private PASID store
-    /// (`--pasid-store memory`) unless `arguments` name one, and `polling` unless they set `--poll-max-us`.
+    /// Starts the daemon with its own socket, control socket and debug logging, and `polling` unless the
+    /// arguments set `--poll-max-us`. A test daemon never uses the host's PASID store: arguments that turn
+    /// the PASID extension on through an endpoint (`pasid=BITS`) without naming a store get a private one
+    /// (`--pasid-store memory`); without either the daemon serves the plain device and opens no store.
     public init(_ arguments: [String] = [], waitForSocket: Bool = true, polling: Polling = .off,
                 executable: URL = Daemon.executable) throws {
         let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
@@ -42,7 +44,9 @@ public final class Daemon: @unchecked Sendable {
         controlPath = "/tmp/vhost-iommu-test-\(tag).ctl"
         process.executableURL = executable
         var defaults = ["--socket-path", socketPath, "--control-socket", controlPath, "--log-level", "debug"]
-        if !arguments.contains("--pasid-store") { defaults += ["--pasid-store", "memory"] }
+        if !arguments.contains("--pasid-store") && arguments.contains(where: { $0.contains("pasid=") }) {
+            defaults += ["--pasid-store", "memory"]
+        }
         if !arguments.contains("--poll-max-us"), case .off = polling { defaults += ["--poll-max-us", "0"] }
         process.arguments = defaults + arguments
         // The log channel is a socket pair made close-on-exec atomically, so that no other child of

@@ -29,9 +29,9 @@ import VirtioIOMMU
     }
 
     // Handshake and config read: the offered features (virtio 1.4 §5.13.3: all but the legacy BYPASS,
-    // whose use D2 discourages; F_PASID, docs/pasid-extension.md §2, as this daemon has a PASID store;
-    // the transport bits the engine implements, §6 and vhost-user.rst; never ACCESS_PLATFORM) and the
-    // config space, read at the offsets of §5.13.4.
+    // whose use D2 discourages; not F_PASID, docs/pasid-extension.md §2, as no endpoint has PASIDs and no
+    // store is named; the transport bits the engine implements, §6 and vhost-user.rst; never
+    // ACCESS_PLATFORM) and the config space, read at the offsets of §5.13.4.
     @Test func handshakeAndConfig() throws {
         let daemon = try Daemon(["--input-range", "0-0xffffffffff"])
         let frontend = try daemon.connect()
@@ -41,7 +41,7 @@ import VirtioIOMMU
         typealias S = IOMMUSpec
         typealias V = VirtioSpec
         #expect(features == S.VIRTIO_IOMMU_F_INPUT_RANGE | S.VIRTIO_IOMMU_F_DOMAIN_RANGE | S.VIRTIO_IOMMU_F_MAP_UNMAP
-                | S.VIRTIO_IOMMU_F_PROBE | S.VIRTIO_IOMMU_F_MMIO | S.VIRTIO_IOMMU_F_BYPASS_CONFIG | S.VIRTIO_IOMMU_F_PASID
+                | S.VIRTIO_IOMMU_F_PROBE | S.VIRTIO_IOMMU_F_MMIO | S.VIRTIO_IOMMU_F_BYPASS_CONFIG
                 | V.VIRTIO_F_INDIRECT_DESC | V.VIRTIO_F_EVENT_IDX | V.VHOST_USER_F_PROTOCOL_FEATURES | V.VIRTIO_F_VERSION_1)
         #expect(features & V.VIRTIO_F_ACCESS_PLATFORM == 0)
         let config = try frontend.getConfig(size: 40)
@@ -270,7 +270,7 @@ import VirtioIOMMU
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, theirs.rawValue, 3)  // dup2 clears close-on-exec
-        let arguments = [Daemon.executable.path, "--fd", "3", "--log-level", "error", "--pasid-store", "memory"]
+        let arguments = [Daemon.executable.path, "--fd", "3", "--log-level", "error"]
         var argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
