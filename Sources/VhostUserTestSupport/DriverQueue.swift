@@ -161,6 +161,19 @@ public final class DriverQueue: @unchecked Sendable {
         return usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
     }
 
+    /// Waits until the back-end has read this queue's kick eventfd (it reads it before it handles the
+    /// kick, on its loop thread); false if the kick is still unread after `timeout`. A message sent after
+    /// this returns is handled only once that kick's turn of the ring is over.
+    public func waitForKickConsumed(timeout: Duration = .seconds(5)) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            var pfd = pollfd(fd: kick.rawValue, events: Int16(POLLIN), revents: 0)
+            if poll(&pfd, 1, 0) == 0 { return true }
+            if ContinuousClock.now >= deadline { return false }
+            usleep(50)
+        }
+    }
+
     /// Kicks only if the device asks for it (`deviceWantsKick`), as a driver does; returns whether it kicked.
     @discardableResult
     public func kickIfWanted(since previous: UInt16, eventIndex: Bool) -> Bool {

@@ -131,9 +131,8 @@ func removeStore(_ path: String) {
         defer { removeStore(path) }
         let store = try SQLitePASIDStore(path: path)
         let pid = spawnSleeper()
-        var lease = ProcessLease(pid: pid, startTime: 0)
-        for _ in 0..<100 where ProcessLease.startTime(of: pid) == nil { usleep(1000) }
-        lease.startTime = ProcessLease.startTime(of: pid) ?? 0
+        // The child is in /proc from the moment posix_spawn returns: no waiting.
+        let lease = ProcessLease(pid: pid, startTime: try #require(ProcessLease.startTime(of: pid)))
         #expect(lease.isAlive)
         try store.register(owner: "other-vm", lease: lease)
         for _ in 0..<3 { _ = try store.allocate(owner: "other-vm", in: nil) }
@@ -155,8 +154,7 @@ func removeStore(_ path: String) {
         defer { removeStore(path) }
         let store = try SQLitePASIDStore(path: path)
         let pid = spawnSleeper()
-        for _ in 0..<100 where ProcessLease.startTime(of: pid) == nil { usleep(1000) }
-        try store.register(owner: "vm", quota: 5, lease: ProcessLease(pid: pid, startTime: ProcessLease.startTime(of: pid) ?? 0))
+        try store.register(owner: "vm", quota: 5, lease: ProcessLease(pid: pid, startTime: try #require(ProcessLease.startTime(of: pid))))
         _ = try store.allocate(owner: "vm", in: nil)
         kill(pid, SIGKILL)
         var status: Int32 = 0
