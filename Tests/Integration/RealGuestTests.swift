@@ -32,6 +32,7 @@ struct RealGuestTests {
         ProcessInfo.processInfo.environment["VHOST_IOMMU_DAEMON"].map { URL(fileURLWithPath: $0) } ?? Daemon.executable
     }
 
+    // Spec: README "Running it under QEMU": Linux's own virtio-iommu driver (virtio 1.4 §5.13) through QEMU; pause and resume per vhost-user.rst "Ring states", reset per docs/vhost-user.md "When the device is reset".
     @Test func realGuestThroughVhostIOMMUAndAgainstQEMUsBuiltInDevice() throws {
         let files = try GuestFiles.install()
         let ours = try vhostUserScenario(files)

@@ -11,6 +11,7 @@ import VirtioIOMMU
 /// and eventfds, in QEMU's message order.
 @Suite struct DaemonTests {
     // The command line follows QEMU's back-end program conventions.
+    // Spec: vhost-user.rst "Backend program conventions" (--print-capabilities) and README "Command line" (one line, EX_USAGE).
     @Test func printCapabilitiesAndUsageErrors() throws {
         func run(_ arguments: [String]) throws -> (Int32, String, String) {
             let result = try runDaemonCommand(arguments)
@@ -107,6 +108,7 @@ import VirtioIOMMU
     }
 
     // Lazy-mode batches: 256 requests in one kick, all answered in order.
+    // Spec: virtio 1.4 §2.7.13: many buffers made available before one notification; docs/vhost-user.md "Rings".
     @Test func twoHundredFiftySixPerKick() throws {
         let daemon = try Daemon()
         let guest = try Guest(daemon)
@@ -204,6 +206,7 @@ import VirtioIOMMU
     }
 
     // A guest reset (rings restarted at new bases) clears all state; a pause keeps it.
+    // Spec: docs/vhost-user.md "When the device is reset" and vhost-user.rst "Ring states"; docs/device-behaviour.md "Reset".
     @Test func resetAndPause() throws {
         let daemon = try Daemon()
         let guest = try Guest(daemon)
@@ -224,6 +227,7 @@ import VirtioIOMMU
     }
 
     // A disconnect resets the device; by default the daemon then exits, with --reconnect it serves the next one.
+    // Spec: docs/vhost-user.md "When the device is reset" (a disconnect resets) and README "Command line" (--reconnect).
     @Test func disconnectAndReconnect() throws {
         let exiting = try Daemon()
         do {
@@ -249,6 +253,7 @@ import VirtioIOMMU
     }
 
     // SIGTERM while a front-end is connected: a clean exit that removes the socket files.
+    // Spec: README "Command line": SIGTERM exits cleanly, SIGUSR1 logs the counters.
     @Test func sigtermWhileServing() throws {
         let daemon = try Daemon()
         let guest = try Guest(daemon)
@@ -263,6 +268,7 @@ import VirtioIOMMU
 
 /// `--fd`: the front-end hands over an already-connected socket (QEMU's back-end program conventions).
 @Suite struct DescriptorHandoverTests {
+    // Spec: vhost-user.rst "Backend program conventions": --fd, an inherited connected socket.
     @Test func servesAnInheritedSocket() throws {
         let (ours, theirs) = try SystemCall.socketPair()
         let frontend = TestFrontend(socket: OwnedFileDescriptor(ours))

@@ -67,6 +67,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         #expect(daemon.process.isRunning, "seed \(seed)")
     }
 
+    // Spec: docs/vhost-user.md "Validation before dispatch": exact descriptor counts, extra descriptors closed (docs/security.md).
     @Test func wrongDescriptorCountsLeakNothing() throws {
         let daemon = try Daemon()
         let pid = daemon.process.processIdentifier
@@ -112,6 +113,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         return list
     }
 
+    // Spec: docs/vhost-user.md "When the device is reset": a disconnect at any step resets and leaks nothing (docs/security.md).
     @Test func disconnectAtEveryStep() throws {
         let daemon = try Daemon(["--reconnect"])
         let pid = daemon.process.processIdentifier
@@ -130,6 +132,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
     }
 
     // A front-end that stops reading replies blocks neither the device's queues nor the daemon.
+    // Spec: docs/vhost-user.md "Validation before dispatch": no more reading while replies wait (docs/security.md "Caps").
     @Test func frontendThatStopsReading() throws {
         let daemon = try Daemon()
         let guest = try Guest(daemon)
@@ -150,6 +153,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
     }
 
     // A guest that floods MAP gets NOMEM at the cap, and the daemon's memory stays bounded.
+    // Spec: docs/security.md "Caps" (--max-mappings) and virtio 1.4 §5.13.6.5 (no room for a mapping: NOMEM).
     @Test func mapFloodIsBounded() throws {
         let daemon = try Daemon(["--max-mappings", "100000", "--bypass", "off"])
         let pid = daemon.process.processIdentifier

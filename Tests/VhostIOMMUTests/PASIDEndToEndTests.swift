@@ -91,6 +91,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
 
 /// The PASID extension end to end: the real daemon, a guest that negotiates F_PASID, the host-wide store.
 @Suite(.serialized) struct PASIDEndToEndTests {
+    // Spec: docs/pasid-extension.md §4 (requests, P6 on reset), §5 (PROBE property) and §6 (fault records).
     @Test func auxDomainsThroughTheRealDaemon() throws {
         let store = temporaryStore()
         defer { removeStore(store) }
@@ -132,6 +133,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         #expect(daemon.terminate() == 0)
     }
 
+    // Spec: docs/pasid-extension.md §4.4 ALLOC_PASID (quota reached: NOMEM) and §7 (a clean exit frees the VM's PASIDs).
     @Test func quotaExhaustionIsNOMEM() throws {
         let store = temporaryStore()
         defer { removeStore(store) }
@@ -146,6 +148,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         #expect(try storeAllocations(store).isEmpty)
     }
 
+    // Spec: docs/pasid-extension.md §7 "Owners": socket:<absolute socket path> by default.
     @Test func defaultOwnerIsDerivedFromTheSocketPath() throws {
         let store = temporaryStore()
         defer { removeStore(store) }
@@ -156,6 +159,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
     }
 
     // Two OS processes (two VMs) allocating at once from one store never get the same PASID.
+    // Spec: docs/pasid-extension.md §7 "Concurrency".
     @Test func twoDaemonsShareOneStore() throws {
         let store = temporaryStore()
         defer { removeStore(store) }

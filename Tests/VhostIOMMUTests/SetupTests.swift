@@ -74,6 +74,7 @@ func waitForFile(_ path: String, while process: Process, timeout: Duration = .se
 
     // Exactly two set-up commands: the release daemon on its embedded defaults, and the one test command,
     // which is what CI (.ci/run) runs.
+    // Spec: README "Set-up".
     @Test func setUpHasTheDaemonAndTheTestCommand() throws {
         let commands = try Self.setUpCommands()
         #expect(commands.count == 2, "\(commands)")
@@ -84,6 +85,7 @@ func waitForFile(_ path: String, while process: Process, timeout: Duration = .se
     }
 
     // The quick start works for a user who is not root: the plain device needs no PASID store.
+    // Spec: README "Set-up" and "PASID store"; docs/pasid-extension.md §7 "When".
     @Test(.enabled(if: Unprivileged.unavailableReason == nil, "\(Unprivileged.unavailableReason ?? "")"))
     func quickStartRunsAsAUserWhoIsNotRoot() throws {
         let command = try #require(try Self.setUpCommands().first)
@@ -123,6 +125,7 @@ func waitForFile(_ path: String, while process: Process, timeout: Duration = .se
     }
 
     // The option table names every option of the daemon, and only those.
+    // Spec: README "Command line".
     @Test func optionTableListsEveryOption() throws {
         let readme = try projectFile("README.md")
         let section = try #require(readme.components(separatedBy: "### Command line").dropFirst().first?

@@ -5,6 +5,7 @@ import VhostUserTestSupport
 
 /// Every front-end message, well-formed and malformed (vhost-user.rst, "Front-end message types").
 @Suite struct MessageTests {
+    // Spec: vhost-user.rst "Feature negotiation"; docs/vhost-user.md "Offered features".
     @Test func featureNegotiation() throws {
         let h = try Harness()
         let features = try h.frontend.getFeatures()
@@ -29,6 +30,7 @@ import VhostUserTestSupport
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setProtocolFeatures)) != 0)
     }
 
+    // Spec: vhost-user.rst VHOST_USER_PROTOCOL_F_REPLY_ACK: a reply only when negotiated and asked for.
     @Test func replyAckOnlyWhenNegotiated() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures([.config])
@@ -40,6 +42,7 @@ import VhostUserTestSupport
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setOwner)) == 0)
     }
 
+    // Spec: vhost-user.rst "Protocol features": each message needs its feature; docs/vhost-user.md "Validation before dispatch" (2).
     @Test func protocolFeatureGating() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures([.replyAck])
@@ -54,6 +57,7 @@ import VhostUserTestSupport
         #expect(h.backend.statistics.refusedMessages == 4)
     }
 
+    // Spec: vhost-user.rst VHOST_USER_GET_CONFIG / SET_CONFIG; docs/vhost-user.md "How a device plugs in".
     @Test func configSpace() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures(.supported)
@@ -69,6 +73,7 @@ import VhostUserTestSupport
         #expect(try h.frontend.setConfig(offset: 7, [1, 1]) == false)
     }
 
+    // Spec: vhost-user.rst VHOST_USER_SET_STATUS / GET_STATUS (virtio 1.4 §2.1 status byte).
     @Test func statusRoundTrip() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures(.supported)
@@ -79,6 +84,7 @@ import VhostUserTestSupport
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setStatus)) != 0)
     }
 
+    // Spec: docs/vhost-user.md "Validation before dispatch" (2): refused, the connection goes on.
     @Test func unknownAndUnsupportedMessagesAreRefusedCleanly() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures(.supported)
@@ -93,6 +99,7 @@ import VhostUserTestSupport
         #expect(try h.frontend.getFeatures() != 0)
     }
 
+    // Spec: docs/vhost-user.md "Validation before dispatch" (2): exact descriptor counts, unclaimed descriptors closed.
     @Test func wrongDescriptorCountsAreClosed() throws {
         let name = "vu-test-fdcount-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let h = try Harness()
@@ -114,12 +121,14 @@ import VhostUserTestSupport
         #expect(descriptorsReferring(to: name) == 0)
     }
 
+    // Spec: docs/vhost-user.md "Validation before dispatch" (1): a bad header ends the connection.
     @Test func badHeaderEndsTheConnection() throws {
         let h = try Harness()
         try h.frontend.sendRaw(MessageHeader(request: 1, flags: 0x2, size: 0).bytes)
         #expect(h.finish() == .disconnected)
     }
 
+    // Spec: docs/vhost-user.md "When the device is reset": a disconnect resets; nothing of the message leaks.
     @Test func disconnectInTheMiddleOfAMessage() throws {
         let name = "vu-test-midmsg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let h = try Harness()
@@ -137,6 +146,7 @@ import VhostUserTestSupport
         #expect(descriptorsReferring(to: name) == 0)
     }
 
+    // Spec: docs/vhost-user.md "How a device plugs in": requestStop() from another thread ends serving.
     @Test func stopRequestEndsServing() throws {
         let h = try Harness()
         _ = try h.frontend.getFeatures()

@@ -8,6 +8,7 @@ import VhostUserTestSupport
 /// real ring, where a polled ring must suppress kicks (virtio 1.x §2.7.10) and re-enable them before
 /// the loop blocks, so that no request is ever left waiting for a kick the driver was told not to send.
 @Suite struct PollingTests {
+    // Spec: docs/vhost-user.md "Event loop", bounded adaptive polling: the window policy.
     @Test func windowGrowsWhileWorkArrivesJustAfterItAndShrinksWhenIdle() {
         var polling = AdaptivePolling(maximumNanoseconds: 100_000)
         #expect(polling.window == 0)
@@ -25,6 +26,7 @@ import VhostUserTestSupport
         #expect(polling.window == 100_000) // never beyond the maximum
     }
 
+    // Spec: docs/vhost-user.md "Event loop": --poll-max-us 0 never polls.
     @Test func offWhenTheMaximumIsZero() {
         var polling = AdaptivePolling(maximumNanoseconds: 0)
         for _ in 0..<5 { polling.record(waited: 1_000) }

@@ -6,6 +6,7 @@ import VhostUserTestSupport
 /// Split virtqueues driven through a real socket, memfd memory and eventfds (virtio 1.x §2.7;
 /// vhost-user.rst "Ring states").
 @Suite struct QueueTests {
+    // Spec: virtio 1.4 §2.7 (split virtqueues): a chain in, its used element and a call out.
     @Test func roundTripThroughTheRing() throws {
         let h = try Harness()
         try h.start()
@@ -36,6 +37,7 @@ import VhostUserTestSupport
     }
 
     // Without INDIRECT_DESC negotiated, an indirect chain is bad: used length 0, queue keeps running.
+    // Spec: virtio 1.4 §2.7.5.3.1: indirect descriptors only with VIRTIO_F_INDIRECT_DESC; docs/vhost-user.md "Rings".
     @Test func indirectWithoutFeature() throws {
         let h = try Harness()
         try h.start(features: h.allFeatures & ~VirtioSpec.VIRTIO_F_INDIRECT_DESC)
@@ -54,6 +56,7 @@ import VhostUserTestSupport
     }
 
     // Malformed chains complete with used length 0 and the queue keeps running.
+    // Spec: virtio 1.4 §2.7.5.2, §2.7.5.3.1 (descriptor rules); docs/vhost-user.md "Rings": a bad chain completes with used length 0.
     @Test func malformedChains() throws {
         let h = try Harness()
         try h.start()
@@ -165,6 +168,7 @@ import VhostUserTestSupport
     }
 
     // GET_VRING_BASE stops the ring and returns the next avail index; a stopped ring is not processed.
+    // Spec: vhost-user.rst "Ring states": a stopped ring is not processed.
     @Test func getVringBaseMidStream() throws {
         let h = try Harness()
         try h.start()
@@ -187,6 +191,7 @@ import VhostUserTestSupport
 
     // A pause (stop, then start at the same bases) keeps device state; chains made available
     // while stopped are handled when the ring is enabled again.
+    // Spec: vhost-user.rst "Ring states"; docs/vhost-user.md "When the device is reset" (a pause is not a reset).
     @Test func pauseKeepsState() throws {
         let h = try Harness()
         try h.start()
@@ -202,6 +207,7 @@ import VhostUserTestSupport
     }
 
     // QEMU's generic device sends no RESET_DEVICE: a restart at a different base is a guest reset.
+    // Spec: docs/vhost-user.md "When the device is reset".
     @Test func guestResetDetectedFromBase() throws {
         let h = try Harness()
         try h.start()
@@ -217,6 +223,7 @@ import VhostUserTestSupport
         #expect(fresh[0].waitForUsed(1).first?.length == 2)
     }
 
+    // Spec: vhost-user.rst VHOST_USER_RESET_DEVICE.
     @Test func resetDeviceMessage() throws {
         let h = try Harness()
         try h.start()
@@ -226,6 +233,7 @@ import VhostUserTestSupport
     }
 
     // An unrecoverable ring error stops the queue, signals its error eventfd and sets DEVICE_NEEDS_RESET.
+    // Spec: docs/vhost-user.md "Rings" (a ring that cannot be trusted stops) and vhost-user.rst VHOST_USER_SET_VRING_ERR.
     @Test(arguments: [true, false])
     func ringErrorsStopTheQueue(jump: Bool) throws {
         let h = try Harness()
@@ -250,6 +258,7 @@ import VhostUserTestSupport
 
     // On-demand queues: posted buffers wait until the device has something to write; a wake-up from
     // another thread delivers it.
+    // Spec: docs/vhost-user.md "How a device plugs in": .onDemand queues take chains only while the device has work.
     @Test func onDemandQueue() throws {
         let h = try Harness()
         try h.start()
@@ -274,6 +283,7 @@ import VhostUserTestSupport
     }
 
     // Memory table changes while rings run: a new region is usable, removing the ring's region stops the ring.
+    // Spec: vhost-user.rst VHOST_USER_ADD_MEM_REG / REM_MEM_REG; docs/vhost-user.md "Guest memory".
     @Test func memoryRegionsChangeWhileRunning() throws {
         let h = try Harness()
         try h.start()
@@ -301,6 +311,7 @@ import VhostUserTestSupport
         #expect(try h.frontend.getStatus() & DeviceStatus.needsReset != 0)
     }
 
+    // Spec: docs/vhost-user.md "Validation before dispatch" (3).
     @Test func queueSetupValidation() throws {
         let h = try Harness()
         try h.frontend.initialize(queues: h.queues)
