@@ -104,13 +104,18 @@ import VhostUserTestSupport
             #expect(q.waitForCall(), "the call for a used entry the driver asked to hear about")
             try h.frontend.send(.getVringBase, h.frontend.vringState(0, 0))
             let kicksOffAtPause = !kicksWanted(q, eventIndex: eventIndex)
-            q.add(readable: [[3, 4]], writable: [2])  // a request racing with the pause, never kicked
+            // Requests keep coming, never kicked, until the pause stops the ring: the loop keeps finding
+            // work by polling while the message waits, and reads it in the middle of that.
+            for i in 0..<1000 {
+                let head = q.add(readable: [[UInt8(i & 0xff), 4]], writable: [2])
+                guard q.waitForUsed(1, timeout: .milliseconds(2), spinning: true).first?.head == head else { break }
+            }
             let reply = try h.frontend.receiveReply(to: .getVringBase)
             let base = UInt16(truncatingIfNeeded: reply.count == 8 ? reply.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) } : 0)
             let eventBase = UInt16(try h.frontend.getVringBase(1))
             try h.frontend.setStatus(0)
-            // Kicks asked for again before the ring stopped: at the returned base (the racing request may
-            // or may not have been consumed), or VIRTQ_USED_F_NO_NOTIFY clear.
+            // Kicks asked for again before the ring stopped: at the returned base (the last request may or
+            // may not have been consumed), or VIRTQ_USED_F_NO_NOTIFY clear.
             let kicksOn = eventIndex ? q.availEvent == base : q.usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
             #expect(kicksOn, "kicks must be asked for again before the ring stops")
             try h.frontend.start(features: features, memory: [h.memory], queues: h.queues, bases: [base, eventBase])
