@@ -20,7 +20,7 @@ struct Serve: ParsableCommand {
     var printCapabilities = false
 
     @Option(name: .customLong("endpoint"),
-            help: "Endpoint IDs: a number or range, then regions: IDS[,msi=A-B][,reserved=A-B] or IDS,msi=none. Repeatable. Default: 0-0xffff with the x86 MSI window.")
+            help: "Endpoint IDs: a number or range, then regions: IDS[,msi=A-B][,reserved=A-B] or IDS,msi=none, and a PASID width: ,pasid=BITS (turns the PASID extension on). Repeatable. Default: 0-0xffff with the x86 MSI window.")
     var endpoints: [EndpointSpecification] = []
 
     @Option(help: "page_size_mask; its lowest set bit is the granule.")
