@@ -74,7 +74,8 @@ import VhostUserTestSupport
     // EVENT_IDX it is avail_event one behind avail.idx once the device has consumed everything, which
     // kicks-on also writes just before the device pops the last entry: so the driver first waits for
     // the call of that entry (used_event asks for it), which the device makes after its last write to
-    // avail_event in that turn.
+    // avail_event in that turn. Then requests keep coming, unkicked, while the message waits: the loop
+    // reads it in the middle of finding work by polling, where it must turn kicks back on first.
     @Test(arguments: [true, false])
     func pauseWhilePollingLeavesKicksOn(eventIndex: Bool) throws {
         let h = try Harness(pollMaximum: 100_000_000)
