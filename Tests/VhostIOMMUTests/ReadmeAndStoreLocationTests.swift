@@ -5,7 +5,7 @@ import Testing
 import VhostUser
 import VhostUserTestSupport
 
-/// The project's root folder (this file is Tests/VhostIOMMUTests/SetupTests.swift).
+/// The project's root folder (this file is Tests/VhostIOMMUTests/ReadmeAndStoreLocationTests.swift).
 let projectRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .deletingLastPathComponent().path
 
