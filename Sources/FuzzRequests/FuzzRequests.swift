@@ -31,7 +31,7 @@ func fuzzRequests(_ data: UnsafeBufferPointer<UInt8>) {
         case 0:  // raw request bytes, split at a fuzzed point, with a fuzzed writable part
             let request = input.take(Int(input.u8()) % 96)
             let cut = request.isEmpty ? 0 : Int(input.u8()) % (request.count + 1)
-            var reply = [UInt8](repeating: 0, count: Int(input.u8()) * 3)
+            var reply = [UInt8](repeating: 0xAA, count: Int(input.u8()) * 3)  // 0xAA: not written
             let cutAt = Int(input.u8()) % (reply.count + 1)
             request.withUnsafeBytes { raw in
                 reply.withUnsafeMutableBytes { out in
@@ -41,6 +41,8 @@ func fuzzRequests(_ data: UnsafeBufferPointer<UInt8>) {
                         writable.withUnsafeBufferPointer { w in
                             let used = device.handle(readable: r, writable: w)
                             precondition(used == 0 || used == out.count, "used length \(used) of \(out.count)")
+                            // D8, D36, §5.13.6.1: used length 0 means nothing was written.
+                            precondition(used != 0 || out.allSatisfy { $0 == 0xAA }, "used length 0, yet written")
                         }
                     }
                 }
@@ -72,9 +74,14 @@ func fuzzRequests(_ data: UnsafeBufferPointer<UInt8>) {
         case 4:
             device.reset()
         case 5:  // deliver a fault into an event buffer of fuzzed size
-            var buffer = [UInt8](repeating: 0, count: Int(input.u8() % 40))
+            var buffer = [UInt8](repeating: 0xAA, count: Int(input.u8() % 40))
             buffer.withUnsafeMutableBytes { raw in
-                [raw].withUnsafeBufferPointer { if let used = device.deliverFault(into: $0) { precondition(used == 0 || used == 24) } }
+                [raw].withUnsafeBufferPointer {
+                    let used = device.deliverFault(into: $0)
+                    precondition(used == nil || used == 0 || used == 24)
+                    // D51: no report, or one that does not fit, leaves the buffer as it was.
+                    precondition((used ?? 0) != 0 || raw.allSatisfy { $0 == 0xAA }, "event buffer written, yet not used")
+                }
             }
         case 6:
             device.negotiate(Features(rawValue: input.u64()))

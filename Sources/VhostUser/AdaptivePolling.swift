@@ -15,6 +15,12 @@ public struct AdaptivePolling: Sendable, Hashable {
         maximum = maximumNanoseconds
     }
 
+    /// Starts with the window already open (tests that need the loop to be spinning at a given moment).
+    init(maximumNanoseconds: UInt64, window: UInt64) {
+        maximum = maximumNanoseconds
+        self.window = min(window, maximumNanoseconds)
+    }
+
     /// Adjusts the window after a wait that lasted `waited` nanoseconds (poll and block together)
     /// before something happened.
     public mutating func record(waited: UInt64) {

@@ -21,7 +21,7 @@ extension VhostUserBackend {
         } catch {
             failure = error
             record { $0.refusedMessages += 1 }
-            logger.warning("refused: \(error)")
+            warnAboutInput("refused: \(error)")
         }
         let reply = MessageHeader(request: header.request, flags: MessageHeader.replyFlags, size: 0)
         if let request, Self.repliesWithBody.contains(request) {
@@ -183,7 +183,7 @@ extension VhostUserBackend {
                 throw .invalidArgument(request, "write refused by the device")
             }
         case .resetDevice:
-            resetDeviceState()
+            resetDeviceState(restartsFresh: true)
             logger.info("RESET_DEVICE: device reset")
         case .setStatus:
             let value = message.u64()
@@ -240,7 +240,10 @@ extension VhostUserBackend {
             record { $0.guestResetsDetected += 1 }
             logger.info("queue \(queue.index) restarts at \(base), not \(previous): guest reset, device state cleared")
             device.reset()
-            for other in queues { other.lastStoppedBase = nil }
+            for other in queues {
+                other.lastStoppedBase = nil
+                other.restartsFresh = true  // the reset guest's rings start over, whatever they hold
+            }
         }
         queue.lastStoppedBase = nil
         queue.lastAvailIndex = base
@@ -262,7 +265,7 @@ extension VhostUserBackend {
     /// An enabled ring with chains already available starts at once: after a pause, the driver's
     /// kick may have been consumed before the stop, and it will not kick again.
     private func resumeIfPending(_ queue: Virtqueue) {
-        guard !queue.isBroken, queue.kick != nil, queue.size > 0, queue.addressesSet else { return }
+        guard !queue.isBroken, queue.suspectedError == nil, queue.kick != nil, queue.size > 0, queue.addressesSet else { return }
         if !queue.started {
             do { try queue.resolve(in: memory) } catch { return }
             guard (try? queue.pendingCount()) ?? 0 > 0 else { queue.unresolve(); return }

@@ -24,6 +24,11 @@ public final class VhostUserBackend: @unchecked Sendable {
         /// Loop turns whose work was found by polling the rings, and turns that blocked in epoll.
         public var polledTurns = 0
         public var blockingTurns = 0
+        /// Ring anomalies that a message waiting in the socket explained (a reset or a stop while
+        /// the loop read the ring), so the queue did not stop.
+        public var ringErrorsExplained = 0
+        /// Warnings about guest or front-end input left out of the log by the rate limit.
+        public var warningsSuppressed = 0
     }
 
     /// Caps on what a front-end can make the engine hold.
@@ -73,12 +78,21 @@ public final class VhostUserBackend: @unchecked Sendable {
     var disconnectRequested = false
     /// Whether the connection is watched for writability (replies pending) instead of input.
     private var waitingToWrite = false
+    /// Warnings caused by guest or front-end input (bad chains, refused messages, ring errors).
+    private var inputWarnings = LogRateLimiter(burst: 20, window: .seconds(60))
 
     static let connectionToken: UInt64 = 2
     static let listenerToken: UInt64 = 3
     static let kickTokenBase: UInt64 = 100
     /// Chains handled per queue per wake-up before other descriptors get a turn.
     static let chainBudget = 4096
+    /// How long one queue's turn may run before the socket and other queues get a turn: bounds how
+    /// long a vhost-user message waits while a guest floods requests.
+    static let turnTimeLimit: Duration = .microseconds(500)
+    /// One device call (one lock hold, for a device that locks per call) takes at most this many
+    /// chains or walks this many descriptors, so the control socket never waits long for the lock.
+    static let lockBatchChains = 64
+    static let lockBatchDescriptors = 4096
     /// Chains completed between used.idx stores within one turn.
     static let usedBatch = 32
     /// Replies the front-end has not read yet; beyond this it is considered stuck and dropped.
@@ -108,7 +122,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     private func publishAvailableCounts() {
         available.withLock { counts in
             for queue in queues {
-                counts[queue.index] = queue.started && !queue.isBroken ? ((try? queue.pendingCount()) ?? 0) : 0
+                counts[queue.index] = queue.isRunnable ? ((try? queue.pendingCount()) ?? 0) : 0
             }
         }
     }
@@ -203,10 +217,16 @@ public final class VhostUserBackend: @unchecked Sendable {
                 }
                 if disconnectRequested { return .disconnected }
             }
+            // A ring anomaly counts only once the messages already sent are handled (a reset explains it).
+            settleSuspectedRings()
+            if disconnectRequested { return .disconnected }
             // Event buffers and faults: faults raised off the loop wake it (and so a descriptor check).
             if checkDescriptors {
                 serviceOnDemandQueues()
                 publishAvailableCounts()
+                if let dropped = inputWarnings.takeExpiredSuppressions(at: .now) {
+                    logger.warning("\(dropped) more warnings about guest or front-end input were suppressed")
+                }
             }
             if configChangePending.exchange(false, ordering: .acquiringAndReleasing) { sendConfigChange() }
         }
@@ -244,7 +264,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     }
 
     private func isPollable(_ queue: Virtqueue) -> Bool {
-        queue.started && queue.enabled && !queue.isBroken && queue.isResolved && device.mode(ofQueue: queue.index) == .onKick
+        queue.isRunnable && queue.enabled && queue.isResolved && device.mode(ofQueue: queue.index) == .onKick
     }
 
     private static func nanoseconds(_ duration: Duration) -> UInt64 {
@@ -262,24 +282,46 @@ public final class VhostUserBackend: @unchecked Sendable {
         ackedFeatures = 0
         protocolFeatures = []
         backendChannel = nil
+        if let dropped = inputWarnings.takeSuppressions() {
+            logger.warning("\(dropped) more warnings about guest or front-end input were suppressed")
+        }
         logger.info("front-end disconnected; device reset")
     }
 
+    /// Logs a warning caused by guest or front-end input, within the rate limit.
+    func warnAboutInput(_ message: @autoclosure () -> Logger.Message) {
+        let (admitted, dropped) = inputWarnings.admit(at: .now)
+        guard admitted else {
+            record { $0.warningsSuppressed += 1 }
+            return
+        }
+        logger.warning(message())
+        if dropped > 0 { logger.warning("\(dropped) similar warnings were suppressed before this one") }
+    }
+
     /// Device reset: the device's own state and every ring back to initial; memory stays mapped.
-    func resetDeviceState() {
+    /// `restartsFresh`: the front-end will restart the rings on this connection, so each starts at
+    /// its base with a used index of our own, not what the ring held while it was being rewritten.
+    func resetDeviceState(restartsFresh: Bool = false) {
         for queue in queues {
             if let kick = queue.kick?.descriptor { loop.remove(kick) }
+            if queue.suspectedError != nil { record { $0.ringErrorsExplained += 1 } }  // the reset explains it
             queue.reset()
+            queue.restartsFresh = restartsFresh
         }
         status = 0
+        polling = AdaptivePolling(maximumNanoseconds: polling.maximum)  // a fresh device has not polled yet
         device.reset()
     }
 
     // MARK: Socket I/O
 
-    private func readMessages() {
-        guard let fd = connection else { return }
-        withUnsafeTemporaryAllocation(byteCount: decoder.maxPayloadSize + MessageHeader.size, alignment: 8) { buffer in
+    /// Reads and handles messages until the socket is empty (true), or until replies are pending or
+    /// the connection ends (false).
+    @discardableResult
+    private func readMessages() -> Bool {
+        guard let fd = connection else { return false }
+        return withUnsafeTemporaryAllocation(byteCount: decoder.maxPayloadSize + MessageHeader.size, alignment: 8) { buffer in
             // Stop reading while replies are pending: a front-end that does not read cannot make us queue without bound.
             while !disconnectRequested && outputOffset >= output.count {
                 let want = decoder.bytesWanted
@@ -288,27 +330,28 @@ public final class VhostUserBackend: @unchecked Sendable {
                 do {
                     n = try SystemCall.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), fds: &fds)
                 } catch .wouldBlock {
-                    return
+                    return true
                 } catch {
                     logger.error("socket receive failed: \(error)")
                     disconnectRequested = true
-                    return
+                    return false
                 }
                 if n == 0 {
                     for fd in fds { _ = Glibc.close(fd) }
-                    if decoder.isMidMessage { logger.warning("front-end disconnected in the middle of a message") }
+                    if decoder.isMidMessage { warnAboutInput("front-end disconnected in the middle of a message") }
                     disconnectRequested = true
-                    return
+                    return false
                 }
                 do {
                     try decoder.feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n]), descriptors: fds) { message in
                         handle(message)
                     }
                 } catch {
-                    logger.error("protocol error, closing the connection: \(error)")
+                    warnAboutInput("protocol error, closing the connection: \(error)")
                     disconnectRequested = true
                 }
             }
+            return false
         }
     }
 
@@ -362,7 +405,7 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     func start(_ queue: Virtqueue) {
         queue.started = true
-        guard !queue.isBroken else { return }
+        guard queue.isRunnable else { return }
         do {
             try queue.resolve(in: memory)
             queue.loadUsedIndex()
@@ -372,15 +415,40 @@ public final class VhostUserBackend: @unchecked Sendable {
         logger.debug("queue \(queue.index) started", metadata: ["base": "\(queue.lastAvailIndex)"])
     }
 
+    /// A ring that looks corrupt is only suspected at first: the front-end may have sent a reset or a
+    /// stop before rewriting the ring, and that message may still be waiting in the socket.
     func ringFailed(_ queue: Virtqueue, _ error: RingError) {
-        queue.markBroken(error)
-        record { $0.ringErrors += 1 }
-        logger.error("queue \(queue.index) stopped until reset: \(error)")
+        queue.suspectedError = (error, queue.generation)
+    }
+
+    /// Handles every message waiting in the socket, then stops each queue whose ring error no
+    /// message explained (the ring is the same one, and still running). With replies pending the
+    /// socket is not read; the queues stay suspended until a later turn gets through.
+    func settleSuspectedRings() {
+        guard queues.contains(where: { $0.suspectedError != nil }) else { return }
+        if connection != nil {
+            guard readMessages() else { return }
+        }
+        for queue in queues {
+            guard let (error, generation) = queue.suspectedError else { continue }
+            queue.suspectedError = nil
+            if generation == queue.generation && queue.started {
+                queue.markBroken(error)
+                record { $0.ringErrors += 1 }
+                warnAboutInput("queue \(queue.index) stopped until reset: \(error)")
+            } else {
+                record { $0.ringErrorsExplained += 1 }
+                logger.debug("queue \(queue.index): ring anomaly explained by a later message: \(error)")
+                if queue.started && queue.enabled { process(queue) }
+            }
+        }
     }
 
     /// Handles what the driver made available on `queue`, then notifies the driver once if it wants it.
+    /// The turn goes in batches (one device call each, so one lock hold in a device that locks per
+    /// call) and ends when the ring is empty, or after `chainBudget` chains or `turnTimeLimit`.
     func process(_ queue: Virtqueue) {
-        guard queue.started, !queue.isBroken else { return }
+        guard queue.isRunnable else { return }
         if !queue.isResolved {
             do { try queue.resolve(in: memory) } catch { ringFailed(queue, error); return }
         }
@@ -391,13 +459,16 @@ public final class VhostUserBackend: @unchecked Sendable {
         let previousUsed = queue.usedIndex
         var handled = 0
         var ringError: RingError?
+        var ringEmpty = false
 
-        /// Pops chains until none is left (with kicks re-armed) or the budget is spent; refused chains
+        /// Pops chains until none is left (with kicks re-armed) or the batch is full; refused chains
         /// complete with used length 0, valid ones go to `handle`.
-        func drain(_ handle: (ChainReadable, ChainWritable) -> Int) {
+        func drainBatch(_ handle: (ChainReadable, ChainWritable) -> Int) {
+            let batchEnd = handled + Self.lockBatchChains
+            let walkedAtStart = queue.descriptorsWalked
             do {
                 while true {
-                    while handled < Self.chainBudget {
+                    while handled < batchEnd && queue.descriptorsWalked &- walkedAtStart < Self.lockBatchDescriptors {
                         if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { break }
                         guard let (head, chainError) = try queue.popChain(memory: memory) else { break }
                         handled += 1
@@ -405,7 +476,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                         if let chainError {
                             queue.countBadChain()
                             record { $0.badChains += 1 }
-                            logger.warning("queue \(queue.index): bad chain at head \(head): \(chainError)")
+                            warnAboutInput("queue \(queue.index): bad chain at head \(head): \(chainError)")
                         } else if queue.enabled {
                             length = queue.withChain(handle)
                         }
@@ -413,13 +484,9 @@ public final class VhostUserBackend: @unchecked Sendable {
                         if handled % Self.usedBatch == 0 { queue.publishUsed() }
                     }
                     queue.publishUsed()
-                    if handled >= Self.chainBudget {
-                        // Let the socket and other queues run; come back through our own kick.
-                        if let kick = queue.kick?.descriptor { SystemCall.signal(kick) }
-                        return
-                    }
-                    guard try queue.armKick() else { return }
-                    if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { return }
+                    if handled >= batchEnd || queue.descriptorsWalked &- walkedAtStart >= Self.lockBatchDescriptors { return }
+                    guard try queue.armKick() else { ringEmpty = true; return }
+                    if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { ringEmpty = true; return }
                 }
             } catch {
                 queue.publishUsed()  // what completed before the ring error stands
@@ -427,11 +494,20 @@ public final class VhostUserBackend: @unchecked Sendable {
             }
         }
 
-        if onDemand {
-            // Per chain: `hasPendingWork` asks the device between chains.
-            drain { readable, writable in device.process(queue: queue.index, readable: readable, writable: writable) }
-        } else {
-            device.processChains(queue: queue.index, drain)
+        let turnStarted = ContinuousClock.now
+        while true {
+            if onDemand {
+                // Per chain: `hasPendingWork` asks the device between chains.
+                drainBatch { readable, writable in device.process(queue: queue.index, readable: readable, writable: writable) }
+            } else {
+                device.processChains(queue: queue.index, drainBatch)
+            }
+            if ringEmpty || ringError != nil { break }
+            if handled >= Self.chainBudget || ContinuousClock.now - turnStarted >= Self.turnTimeLimit {
+                // Let the socket and other queues run; come back through our own kick.
+                if let kick = queue.kick?.descriptor { SystemCall.signal(kick) }
+                break
+            }
         }
         if let ringError {
             ringFailed(queue, ringError)
@@ -441,7 +517,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     }
 
     private func serviceOnDemandQueues() {
-        for queue in queues where queue.started && queue.enabled && !queue.isBroken
+        for queue in queues where queue.isRunnable && queue.enabled
             && device.mode(ofQueue: queue.index) == .onDemand && device.hasPendingWork(queue: queue.index) {
             process(queue)
         }

@@ -16,6 +16,7 @@ extension VhostUserBackend {
         output.removeAll(keepingCapacity: true)
         outputOffset = 0
         for queue in queues where queue.started { process(queue) }
+        settleSuspectedRings()
     }
 
     /// Ends the "connection" exactly as the event loop does on a disconnect.

@@ -13,6 +13,7 @@ public enum ChainError: Error, Hashable, Sendable {
     case zeroLengthWritable
     case readableAfterWritable
     case tooLarge
+    case longerThanQueue
 }
 
 /// Why a queue stopped for good (until the next reset): the ring itself cannot be trusted.
@@ -47,6 +48,18 @@ final class Virtqueue {
     var lastAvailIndex: UInt16 = 0
     /// Our copy of used.idx.
     private(set) var usedIndex: UInt16 = 0
+    /// The used.idx last stored in the ring: a store that would not change it is skipped, so that a
+    /// ring the front-end is rewriting (reset, teardown) never gets a stale index from us.
+    private var publishedUsedIndex: UInt16 = 0
+    /// Set by a device reset within the connection (RESET_DEVICE, or a guest reset seen at ring
+    /// start): the next start begins at the base with used.idx equal to it, whatever the ring holds.
+    var restartsFresh = false
+    /// Bumped whenever the ring stops being the one the engine was reading (reset, stop, new
+    /// addresses or memory): a ring error seen before the bump says nothing about the ring after it.
+    private(set) var generation: UInt64 = 0
+    /// A ring error seen but not yet declared: it stands only if no message waiting in the socket
+    /// (a reset, a stop) explains it. The queue is not processed meanwhile.
+    var suspectedError: (error: RingError, generation: UInt64)?
     /// The base GET_VRING_BASE last returned, to tell a guest reset from a pause at the next start.
     var lastStoppedBase: UInt16?
 
@@ -74,10 +87,14 @@ final class Virtqueue {
 
     private(set) var chainsCompleted = 0
     private(set) var badChains = 0
+    /// Descriptors visited by chain walks so far (wraps); the engine bounds how many one lock hold walks.
+    private(set) var descriptorsWalked = 0
 
     init(index: Int) { self.index = index }
 
     var isBroken: Bool { ringError != nil }
+    /// Whether chains may be taken from the ring now (started, sound, no error under suspicion).
+    var isRunnable: Bool { started && ringError == nil && suspectedError == nil }
     var isResolved: Bool { descriptors != nil }
 
     /// Back to the state after reset: stopped, disabled, no addresses, no descriptors.
@@ -86,6 +103,9 @@ final class Virtqueue {
         addressesSet = false
         lastAvailIndex = 0
         usedIndex = 0
+        publishedUsedIndex = 0
+        restartsFresh = false
+        suspectedError = nil
         lastStoppedBase = nil
         started = false
         enabled = false
@@ -98,6 +118,7 @@ final class Virtqueue {
     }
 
     func unresolve() {
+        generation &+= 1
         descriptors = nil
         avail = nil
         used = nil
@@ -123,10 +144,21 @@ final class Virtqueue {
         used = u
     }
 
-    /// Reads used.idx from the ring, where a (re)started ring continues.
+    /// Where a (re)started ring continues: used.idx as the ring holds it (a resumed or migrated
+    /// ring), or, after a reset, the base itself, stored into the ring together with a request for
+    /// kicks, so that nothing the engine wrote before it saw the reset survives into the new ring.
     func loadUsedIndex() {
         guard let used else { return }
-        usedIndex = UInt16(littleEndian: cvu_load_relaxed_u16(used + 2))
+        if restartsFresh {
+            restartsFresh = false
+            usedIndex = lastAvailIndex
+            cvu_store_relaxed_u16(used, 0)  // used.flags: kicks wanted
+            cvu_store_relaxed_u16(used + 4 + 8 * size, lastAvailIndex.littleEndian)  // avail_event
+            cvu_store_release_u16(used + 2, usedIndex.littleEndian)
+        } else {
+            usedIndex = UInt16(littleEndian: cvu_load_relaxed_u16(used + 2))
+        }
+        publishedUsedIndex = usedIndex
     }
 
     /// Chains the driver has made available and we have not consumed.
@@ -159,9 +191,15 @@ final class Virtqueue {
         var visited = 0
         var total: UInt64 = 0
         var seenWritable = false
+        var walked = 0  // across the indirect switch, where `visited` starts again
+        defer { descriptorsWalked &+= walked }
         while true {
             visited += 1
+            walked += 1
             guard visited <= tableSize else { return .loop }
+            // §2.7.5.3.1: the driver MUST NOT create a chain longer than the queue size; an indirect
+            // table may hold more, which would let one chain cost 32 times what the ring allows.
+            guard visited <= size else { return .longerThanQueue }
             guard index < tableSize else { return .indexOutOfRange }
             let entry = table + index * Self.descriptorSize
             let address = UInt64(littleEndian: entry.loadUnaligned(as: UInt64.self))
@@ -224,9 +262,10 @@ final class Virtqueue {
         chainsCompleted += 1
     }
 
-    /// Publishes used.idx (release: the elements are visible first).
+    /// Publishes used.idx (release: the elements are visible first), if it moved.
     func publishUsed() {
-        guard let used else { return }
+        guard let used, usedIndex != publishedUsedIndex else { return }
+        publishedUsedIndex = usedIndex
         cvu_store_release_u16(used + 2, usedIndex.littleEndian)
     }
 

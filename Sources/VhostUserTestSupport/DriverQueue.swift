@@ -90,6 +90,14 @@ public final class DriverQueue: @unchecked Sendable {
             parts.append(Descriptor(address: address, length: UInt32(count), flags: Self.flagWrite))
             writableParts.append((address, count))
         }
+        return add(parts: parts, writableParts: writableParts, indirect: indirect, publish: publish)
+    }
+
+    /// Links descriptors the caller laid out itself (buffers it placed, perhaps shared between
+    /// chains) into one chain, in a table of its own when `indirect`; returns its head.
+    @discardableResult
+    public func add(parts: [Descriptor], writableParts: [(UInt64, Int)] = [], indirect: Bool = false,
+                    publish: Bool = true) -> UInt16 {
         let head: UInt16
         if indirect {
             let table = memory.allocate(16 * parts.count)
@@ -137,6 +145,19 @@ public final class DriverQueue: @unchecked Sendable {
     public func setAvailIndex(_ value: UInt16) {
         availIndex = value
         cvu_store_release_u16(memory.pointer(availRing + 2), value.littleEndian)
+    }
+
+    /// Rewrites the ring in place as a driver restarting after a device reset does: every
+    /// descriptor free, avail and used rings zeroed (indices back to 0), no reply outstanding.
+    public func rewriteForRestart() {
+        memory.pointer(descriptorTable).initializeMemory(as: UInt8.self, repeating: 0, count: 16 * size)
+        memory.pointer(availRing).initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 2 * size)
+        memory.pointer(usedRing).initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 8 * size)
+        availIndex = 0
+        lastSeenUsed = 0
+        freeHeads = (0..<UInt16(size)).reversed().map { $0 }
+        writableBuffers = [:]
+        chainLengths = [:]
     }
 
     public func setAvailFlags(_ flags: UInt16) { memory.pointer(availRing).storeBytes(of: flags.littleEndian, as: UInt16.self) }

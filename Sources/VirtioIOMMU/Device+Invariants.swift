@@ -22,6 +22,7 @@ extension Device {
             for mapping in domain.mappings.mappings where domain.overlapsReservedRange(mapping.range) {
                 return "domain \(id) maps over a reserved region"
             }
+            if let problem = reservedRangeViolation(of: domain) { return "domain \(id): \(problem)" }
         }
         guard total == mappingCount else { return "mapping count \(mappingCount), tables hold \(total)" }
         guard domains.count <= configuration.limits.maxDomains else { return "too many domains" }
@@ -45,6 +46,36 @@ extension Device {
                   domain.mappings.mapping(containing: entry.mapping.virtualStart) == entry.mapping else {
                 return "stale IOTLB entry: endpoint \(entry.endpoint) \(entry.mapping)"
             }
+        }
+        return nil
+    }
+
+    /// The incrementally kept reserved ranges against a fresh count over the primary endpoints: the same
+    /// ranges with the same counts, and a union that is ascending, disjoint, not adjacent, and covers
+    /// exactly the distinct ranges.
+    func reservedRangeViolation(of domain: Domain) -> String? {
+        var expected: [IOVARange: Int] = [:]
+        for member in domain.endpoints {
+            for region in endpoints[member]?.reservedRegions ?? [] { expected[region.range, default: 0] += 1 }
+        }
+        guard domain.reservedRanges.countsByRange == expected else { return "reserved range counts out of step" }
+        let merged = domain.reservedRanges.merged
+        for (a, b) in zip(merged, merged.dropFirst()) where a.last == .max || a.last + 1 >= b.first {
+            return "merged reserved ranges \(a) and \(b) overlap, touch or are out of order"
+        }
+        for range in expected.keys where !merged.contains(where: { $0.contains(range) }) {
+            return "reserved range \(range) missing from the union"
+        }
+        // Each merged interval must be exactly covered by the distinct ranges inside it.
+        for interval in merged {
+            var covered = interval.first
+            var done = false
+            for range in expected.keys.filter({ interval.contains($0) }).sorted(by: { $0.first < $1.first }) {
+                guard range.first <= covered else { return "gap in merged \(interval)" }
+                if range.last >= interval.last { done = true; break }
+                covered = max(covered, range.last + 1)
+            }
+            guard done else { return "merged \(interval) reaches beyond its ranges" }
         }
         return nil
     }

@@ -32,7 +32,7 @@ extension Device {
             domains[request.domain] = Domain(id: request.domain, isBypass: false)
         }
         translationCache.invalidateAll()
-        domains[request.domain]!.auxEndpoints.append(endpoint.id)
+        domains[request.domain]!.auxEndpoints.insert(endpoint.id)
         domains[request.domain]!.auxPASID = request.pasid
         endpoints[endpoint.id]!.auxDomains[request.pasid] = request.domain
         return .ok
@@ -45,9 +45,7 @@ extension Device {
         guard endpoint.auxDomains[request.pasid] == request.domain, domains[request.domain] != nil else { return .invalid }
         translationCache.invalidateAll()
         endpoints[endpoint.id]!.auxDomains[request.pasid] = nil
-        if let index = domains[request.domain]!.auxEndpoints.firstIndex(of: endpoint.id) {
-            domains[request.domain]!.auxEndpoints.remove(at: index)
-        }
+        domains[request.domain]!.auxEndpoints.remove(endpoint.id)
         if domains[request.domain]!.auxEndpoints.isEmpty { domains[request.domain]!.auxPASID = nil }
         dropIfUnheld(request.domain)
         return .ok
@@ -100,4 +98,13 @@ extension Device {
         heldPASIDs.remove(request.pasid)
         return .ok
     }
+}
+
+/// A reset could not give this VM's PASIDs back to the host-wide store.
+public struct PASIDReleaseFailure: Error, Hashable, Sendable {
+    /// What the store threw from `releaseAll(owner:)`.
+    public let error: PASIDStoreError
+    /// The PASIDs the device held then, ascending; the device forgot them, but the store may still list
+    /// them under this VM's owner until a later release succeeds.
+    public let pasids: [PASID]
 }

@@ -23,9 +23,30 @@ public struct Device: Sendable {
     public let owner: String
     /// PASIDs this VM holds, allocated through this device.
     public internal(set) var heldPASIDs: Set<PASID> = []
+    /// The last failure to give this VM's PASIDs back to the store on reset (each is counted in
+    /// `counters.pasidReleaseFailures`); nil if none has failed.
+    public private(set) var lastPASIDReleaseFailure: PASIDReleaseFailure?
+    /// A release failed and has not succeeded since: the next reset tries again even if no PASID is held.
+    private var pasidReleaseOutstanding = false
 
     /// The largest readable snapshot a request needs (PROBE: 72 bytes).
     public static let maxRequestSize = 72
+
+    /// How far a writable part may exceed what its reply owes and still be answered. An answer writes
+    /// every byte up to the tail (used length = the whole part, virtio §2.7.8.2), so this bounds the
+    /// bytes one request writes. 64 KiB = `Configuration.maxProbeSize`: a driver that uses one reply
+    /// buffer, sized for the largest PROBE, for every request is still answered.
+    public static let maxWritableSlack = Int(Configuration.maxProbeSize)
+
+    /// Bytes of the writable part that the reply of `type` owes, by its layout: the tail, after
+    /// PROBE's `properties[probe_size]` or ALLOC_PASID's `pasid` and reserved word.
+    static func owedWritableSize(_ type: RequestType, probeSize: UInt32) -> Int {
+        switch type {
+        case .probe: Int(probeSize) + requestTailSize
+        case .allocPASID: AllocPASIDRequest.writableSize
+        case .attach, .detach, .map, .unmap, .attachPASID, .detachPASID, .freePASID: requestTailSize
+        }
+    }
 
     public init(configuration: Configuration, pasidStore: (any PASIDAllocator)? = nil, owner: String = "")
         throws(ConfigurationError) {
@@ -111,8 +132,16 @@ public struct Device: Sendable {
         }
         mappingCount = 0
         faults.removeAll()
-        if !heldPASIDs.isEmpty, let pasidStore {
-            _ = try? pasidStore.releaseAll(owner: owner)
+        if !heldPASIDs.isEmpty || pasidReleaseOutstanding, let pasidStore {
+            do throws(PASIDStoreError) {
+                try pasidStore.releaseAll(owner: owner)
+                pasidReleaseOutstanding = false
+            } catch {
+                // The store may still list them under `owner`: say so, and try again on the next reset.
+                counters.pasidReleaseFailures += 1
+                lastPASIDReleaseFailure = PASIDReleaseFailure(error: error, pasids: heldPASIDs.sorted())
+                pasidReleaseOutstanding = true
+            }
             heldPASIDs.removeAll()
         }
     }
@@ -120,8 +149,9 @@ public struct Device: Sendable {
     // MARK: Requests
 
     /// Handles one request chain: reads the request, applies it, writes the reply.
-    /// Returns the used length: 0 when nothing was written (D8, D36, or no room for the tail);
-    /// otherwise the whole writable part, whose unused bytes are zeroed and whose last 4 bytes are the tail.
+    /// Returns the used length: 0 when nothing was written (D8, D36, no room for the tail, or a writable
+    /// part more than `maxWritableSlack` bytes larger than the reply owes); otherwise the whole writable
+    /// part, whose unused bytes are zeroed and whose last 4 bytes are the tail.
     public mutating func handle(readable: ReadableParts, writable: WritableParts) -> Int {
         let writableCount = writable.totalCount
         guard writableCount >= requestTailSize else {
@@ -130,6 +160,7 @@ public struct Device: Sendable {
         }
         // Read here, not in the closure: a non-mutating call on `self` there copied the whole device.
         let features = negotiatedFeatures
+        let probeSize = configuration.probeSize
         return withUnsafeTemporaryAllocation(byteCount: Self.maxRequestSize, alignment: 8) { snapshot in
             let snapshot = UnsafeMutableRawBufferPointer(snapshot)
             let length = readable.gather(into: snapshot)
@@ -138,6 +169,14 @@ public struct Device: Sendable {
                 counters.unanswered += 1
                 return 0
             }
+            // Answering writes the whole part, so a part far beyond what the reply owes is refused
+            // before the request runs. No overflow: writableCount ≥ 4 and the owed size is small.
+            guard writableCount - Self.owedWritableSize(type, probeSize: probeSize) <= Self.maxWritableSlack else {
+                counters.unanswered += 1
+                counters.oversizedWritableParts += 1
+                return 0
+            }
+            // Every path that returns 0 is above; nothing has been written so far (D8, D36, §5.13.6.1).
             let body = UnsafeRawBufferPointer(rebasing: snapshot[0..<length])
             let tailOffset = writableCount - requestTailSize
             var written = 0  // reply bytes at the start of the writable part
@@ -206,9 +245,8 @@ public struct Device: Sendable {
         if domains[request.domain] == nil {
             domains[request.domain] = Domain(id: request.domain, isBypass: wantsBypass)
         }
-        domains[request.domain]!.endpoints.append(endpoint.id)
+        domains[request.domain]!.attachPrimary(endpoint)
         endpoints[endpoint.id]!.domain = request.domain
-        refreshReservedRanges(of: request.domain)
         return .ok  // D18
     }
 
@@ -308,9 +346,8 @@ public struct Device: Sendable {
     mutating func detach(endpoint id: Endpoint.ID, from domainID: Domain.ID) {
         translationCache.invalidateAll()
         endpoints[id]?.domain = nil
-        guard domains[domainID] != nil else { return }
-        domains[domainID]!.endpoints.removeAll { $0 == id }
-        refreshReservedRanges(of: domainID)
+        guard let endpoint = endpoints[id], domains[domainID] != nil else { return }
+        domains[domainID]!.detachPrimary(endpoint)
         dropIfUnheld(domainID)
     }
 
@@ -320,13 +357,6 @@ public struct Device: Sendable {
         translationCache.invalidateAll()
         mappingCount -= domain.mappings.count
         domains[domainID] = nil
-    }
-
-    private mutating func refreshReservedRanges(of domainID: Domain.ID) {
-        guard let members = domains[domainID]?.endpoints else { return }
-        var ranges: [IOVARange] = []
-        for member in members { ranges.append(contentsOf: endpoints[member]?.reservedRegions.map(\.range) ?? []) }
-        domains[domainID]!.reservedRanges = ranges
     }
 
     // MARK: Statistics

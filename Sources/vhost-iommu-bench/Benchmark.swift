@@ -31,6 +31,13 @@ struct Report {
         print(line)
     }
 
+    /// A ratio measured side by side; two decimals, since a refused request costs a few hundredths of a normal one.
+    mutating func ratio(_ group: String, _ name: String, _ value: Double) {
+        let line = "\(group.padded(22)) \(name.padded(40)) \(String((value * 100).rounded() / 100))×"
+        lines.append(line)
+        print(line)
+    }
+
     func format(_ value: Double) -> String {
         let rounded = (value * 10).rounded() / 10
         return String(rounded)
@@ -47,9 +54,22 @@ struct BenchmarkMain {
         var sizes = arguments.contains("--quick") ? [1_000, 100_000] : [1_000, 100_000, 1_000_000]
         if let i = arguments.firstIndex(of: "--size"), i + 1 < arguments.endIndex, let n = Int(arguments[i + 1]) { sizes = [n] }
         var report = Report()
+        if arguments.contains("--flood-only") {
+            print("flood (test front-end → real daemon): waits and costs a guest can cause")
+            FloodBenchmark.run(report: &report)
+            return
+        }
+        if arguments.contains("--bounds-only") {
+            print("device model, bounded work per request (ns per operation; median of 5)")
+            var count = 65_536
+            if let i = arguments.firstIndex(of: "--endpoints"), i + 1 < arguments.endIndex, let n = Int(arguments[i + 1]) { count = n }
+            BoundedWorkBenchmark.run(report: &report, endpoints: count)
+            return
+        }
         if !arguments.contains("--vhost-user-only") && !arguments.contains("--pasid-only") {
             print("device model (ns per operation; median of 5)")
             DeviceModelBenchmark.run(sizes: sizes, report: &report)
+            BoundedWorkBenchmark.run(report: &report)
         }
         if !arguments.contains("--device-model-only") && !arguments.contains("--pasid-only") {
             print("vhost-user path (test front-end → real daemon)")
@@ -58,6 +78,11 @@ struct BenchmarkMain {
         if !arguments.contains("--device-model-only") && !arguments.contains("--vhost-user-only") {
             print("PASID store (alloc+free)")
             PASIDStoreBenchmark.run(report: &report)
+        }
+        if !arguments.contains("--device-model-only") && !arguments.contains("--vhost-user-only")
+            && !arguments.contains("--pasid-only") && !arguments.contains("--quick") {
+            print("flood (test front-end → real daemon): waits and costs a guest can cause")
+            FloodBenchmark.run(report: &report)
         }
     }
 }

@@ -141,7 +141,7 @@ final class ControlServer: @unchecked Sendable {
         case "domains":
             let domains = device.model.withLock { device in
                 device.domains.values.sorted { $0.id < $1.id }.map {
-                    ControlReply.DomainInfo(id: $0.id, endpoints: $0.endpoints, mappings: $0.mappings.count, bypass: $0.isBypass)
+                    ControlReply.DomainInfo(id: $0.id, endpoints: $0.endpoints.sorted(), mappings: $0.mappings.count, bypass: $0.isBypass)
                 }
             }
             return ControlReply(ok: true, domains: domains)

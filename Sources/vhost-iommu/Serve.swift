@@ -171,6 +171,10 @@ struct Serve: ParsableCommand {
                 let engine = backend.statistics
                 stats.polledTurns = engine.polledTurns
                 stats.blockingTurns = engine.blockingTurns
+                stats.ringErrors = engine.ringErrors
+                stats.ringAnomaliesExplained = engine.ringErrorsExplained
+                stats.refusedMessages = engine.refusedMessages
+                stats.warningsSuppressed = engine.warningsSuppressed
             }
         }
         let stop = Signals.handle(

@@ -21,6 +21,12 @@ struct Statistics: Codable, Sendable {
     /// Event-loop turns whose work polling found, and turns that blocked first (with `--poll-max-us` > 0).
     var polledTurns = 0
     var blockingTurns = 0
+    /// Engine: rings stopped for a ring error; ring anomalies that a later message (a reset, a stop)
+    /// explained; messages refused; warnings about guest or front-end input left out of the log.
+    var ringErrors = 0
+    var ringAnomaliesExplained = 0
+    var refusedMessages = 0
+    var warningsSuppressed = 0
     var resets: Int
 
     init(_ device: Device) {

@@ -15,6 +15,8 @@ final class EchoDevice: VhostUserDevice, @unchecked Sendable {
         var config: [UInt8] = [1, 2, 3, 4, 5, 6, 7, 8]
         var events: [[UInt8]] = []
         var processed = 0
+        /// The most chains one `processChains` call handled (one lock hold in a locking device).
+        var mostChainsPerCall = 0
     }
 
     let state = Mutex(State())
@@ -55,7 +57,17 @@ final class EchoDevice: VhostUserDevice, @unchecked Sendable {
         return written
     }
 
+    func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
+        var chains = 0
+        drain { readable, writable in
+            chains += 1
+            return process(queue: queue, readable: readable, writable: writable)
+        }
+        state.withLock { $0.mostChainsPerCall = max($0.mostChainsPerCall, chains) }
+    }
+
     func reset() { state.withLock { $0.resets += 1; $0.events = [] } }
+    var mostChainsPerCall: Int { state.withLock { $0.mostChainsPerCall } }
 
     var resets: Int { state.withLock { $0.resets } }
     var processed: Int { state.withLock { $0.processed } }
@@ -76,10 +88,11 @@ final class Harness {
     private let result = OutcomeBox()
     private var finished = false
 
-    init(queueSize: Int = 256, memorySize: Int = 4 << 20, pollMaximum: UInt64 = 0) throws {
+    init(queueSize: Int = 256, memorySize: Int = 4 << 20, pollMaximum: UInt64 = 0, polling: AdaptivePolling? = nil) throws {
         var logger = Logger(label: "test")
         logger.logLevel = getenv("VU_TEST_LOG") != nil ? .debug : .critical
-        backend = try VhostUserBackend(device: device, polling: AdaptivePolling(maximumNanoseconds: pollMaximum), logger: logger)
+        backend = try VhostUserBackend(device: device, polling: polling ?? AdaptivePolling(maximumNanoseconds: pollMaximum),
+                                       logger: logger)
         let (frontend, backendEnd) = try TestFrontend.pair()
         self.frontend = frontend
         let memory = try SharedMemory(size: memorySize)

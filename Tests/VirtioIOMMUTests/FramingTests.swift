@@ -52,11 +52,14 @@ import Testing
         case .allocPASID: AllocPASIDRequest().encoded
         case .freePASID: FreePASIDRequest(pasid: 1).encoded
         }
-        #expect(full.count == type.readableSize)
+        // Readable sizes from the layouts (§5.13.6.3–§5.13.6.7, docs/pasid-extension.md §4).
+        let specSize: [RequestType: Int] = [.attach: 20, .detach: 20, .map: 36, .unmap: 28, .probe: 72,
+                                            .attachPASID: 28, .detachPASID: 28, .allocPASID: 20, .freePASID: 20]
+        #expect(full.count == specSize[type])
         let writable = type == .probe ? 516 : (type == .allocPASID ? 12 : 4)
         let (used, reply) = device.handle(request: Array(full.dropLast()), writableSize: writable)
         #expect(used == writable)
-        #expect(reply[writable - 4] == Status.invalid.rawValue)
+        #expect(reply[writable - 4] == 4)  // S_INVAL
         #expect(device.counters.count(type, .invalid) == 1)
     }
 
@@ -79,7 +82,7 @@ import Testing
         let (used, replies) = handleSplit(&device, AttachRequest(domain: 1, endpoint: 999).encoded,
                                           readableCuts: [7, 13], writableSizes: [3, 3, 2])
         #expect(used == 8)
-        #expect(replies == [[0, 0, 0], [0, Status.noEntry.rawValue, 0], [0, 0]])  // tail = bytes 4..7
+        #expect(replies == [[0, 0, 0], [0, 6, 0], [0, 0]])  // tail = bytes 4..7: S_NOENT = 6
     }
 
     // §5.13.6.7: PROBE properties then tail, split over writable buffers.
@@ -90,7 +93,7 @@ import Testing
         #expect(used == 516)
         let flat = replies.flatMap { $0 }
         #expect(ResvMemProperty.parse(Array(flat[0..<512])) == [.x86MSIWindow])
-        #expect(flat[512] == Status.ok.rawValue)
+        #expect(flat[512...] == [0, 0, 0, 0])  // S_OK = 0, tail.reserved = 0
     }
 
     // Extra readable bytes after the request are ignored.
@@ -197,6 +200,7 @@ import Testing
         #expect(device.domains.isEmpty && device.mappingCount == 0 && device.pendingFaultCount == 0)
         #expect(device.endpoints.values.allSatisfy { $0.domain == nil })
         #expect(device.configSpace.bypass == 0)
-        #expect(device.negotiatedFeatures == testConfiguration().features)
+        // INPUT_RANGE, DOMAIN_RANGE, MAP_UNMAP, PROBE, MMIO, BYPASS_CONFIG (bits 0, 1, 2, 4, 5, 6; §5.13.3)
+        #expect(device.negotiatedFeatures.rawValue == 1 << 0 | 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 6)
     }
 }

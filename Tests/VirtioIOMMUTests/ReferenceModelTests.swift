@@ -100,8 +100,11 @@ struct NaiveIOMMU {
     @Test(arguments: [(11, 1), (12, 0x1000), (13, 1), (14, 0x1000), (15, 0x1000)] as [(UInt64, UInt64)])
     func randomSequencesAgree(seed: UInt64, granule: UInt64) {
         var rng = SplitMix64(seed: seed)
+        // Endpoints 2 and 3 share a region (counted twice in their domain), 4's touches it (merged), 1 has none.
+        let shared = ReservedRegion(.reserved, IOVARange(first: 0x40_000, last: 0x4f_fff)!)
         let endpointRegions: [UInt32: [ReservedRegion]] = [
-            1: [], 2: [ReservedRegion(.reserved, IOVARange(first: 0x40_000, last: 0x4f_fff)!)], 3: [], 4: [],
+            1: [], 2: [shared], 3: [shared, ReservedRegion(.reserved, IOVARange(first: 0x7e_000, last: 0x7e_fff)!)],
+            4: [ReservedRegion(.reserved, IOVARange(first: 0x50_000, last: 0x51_fff)!)],
         ]
         let inputLast: UInt64 = (1 << 40) - 1
         var config = Configuration(endpoints: endpointRegions, pageSizeMask: ~(granule - 1),

@@ -4,18 +4,24 @@ import Testing
 /// One test per device requirement of virtio 1.4 §5.13 that a device can observe
 /// (numbering from shared/reference/virtio-iommu.md §1.10; D5's system reset and D46 are not observable).
 @Suite struct FeatureAndConfigRules {
-    // §5.13.3.2 D1: the device offers F_MAP_UNMAP (a configuration without it is refused).
+    // §5.13.3.2 D1: the device offers F_MAP_UNMAP, bit 2 (a configuration without it is refused).
     @Test func d1_mapUnmapIsOffered() {
-        #expect(Features.standard.contains(.mapUnmap))
+        #expect(Configuration(endpoints: [:]).features.rawValue & 1 << 2 != 0)
         var config = testConfiguration()
         config.features.remove(.mapUnmap)
         #expect(throws: ConfigurationError.mapUnmapNotOffered) { try Device(configuration: config) }
     }
 
-    // §5.13.3.2 D2: a new device does not offer legacy F_BYPASS by default.
+    // §5.13.3.2 D2: a new device does not offer legacy F_BYPASS (bit 3) by default.
     @Test func d2_legacyBypassNotOfferedByDefault() {
-        #expect(!Features.standard.contains(.bypass))
-        #expect(!testConfiguration().features.contains(.bypass))
+        #expect(Configuration(endpoints: [:]).features.rawValue & 1 << 3 == 0)
+    }
+
+    // §5.13.3: what a default device offers, by bit number: INPUT_RANGE (0), DOMAIN_RANGE (1),
+    // MAP_UNMAP (2), PROBE (4), MMIO (5), BYPASS_CONFIG (6); not the legacy BYPASS (3, D2, D3).
+    @Test func defaultOfferedFeatures() {
+        #expect(Configuration(endpoints: [:]).features.rawValue == 1 << 0 | 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 6)
+        #expect(makeDevice().negotiatedFeatures.rawValue == 1 << 0 | 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 6)
     }
 
     // §5.13.3.2 D3: never F_BYPASS together with F_BYPASS_CONFIG.
@@ -95,7 +101,7 @@ import Testing
         request[1] = 0xff; request[2] = 0xff; request[3] = 0xff
         let (used, reply) = device.handle(request: request, writableSize: 4)
         #expect(used == 4)
-        #expect(reply == [Status.ok.rawValue, 0, 0, 0])
+        #expect(reply == [0, 0, 0, 0])  // S_OK = 0
     }
 
     // §5.13.6.2 D10: an unattached endpoint that is not in bypass has no access.
@@ -139,7 +145,7 @@ import Testing
         var device = makeDevice()
         #expect(device.attach(plainEndpoint, to: 1) == .ok)
         #expect(device.attach(msiEndpoint, to: 1) == .ok)
-        #expect(device.domains[1]?.endpoints == [plainEndpoint, msiEndpoint])
+        #expect(device.domains[1]?.endpoints == Set([plainEndpoint, msiEndpoint]))
     }
 
     // §5.13.6.3.2 D15: existing domain with the other bypass kind → INVAL, and nothing changes.
@@ -486,8 +492,8 @@ import Testing
     // §5.13.6.7.2 D37: property reserved bits are 0.
     @Test func d37_propertyReservedBitsZero() {
         let reply = msiProbeReply()
-        #expect(reply.le(UInt16.self, at: 0) & ~ProbePropertyType.mask == 0)
-        #expect(reply.le(UInt16.self, at: 0) == ProbePropertyType.resvMem.rawValue)
+        #expect(reply.le(UInt16.self, at: 0) & 0xf000 == 0)  // the 4 reserved bits above the 12-bit type
+        #expect(reply.le(UInt16.self, at: 0) == 1)  // VIRTIO_IOMMU_PROBE_T_RESV_MEM
     }
 
     // §5.13.6.7.2 D38: length is the property size without the 4-byte header.
@@ -505,19 +511,19 @@ import Testing
         #expect(status == .ok)
         let second = 4 + Int(reply.le(UInt16.self, at: 2))
         #expect(second == 24)
-        #expect(reply.le(UInt16.self, at: second) == ProbePropertyType.resvMem.rawValue)
-        #expect(reply[second + 4] == ReservedRegion.Kind.msi.rawValue)
+        #expect(reply.le(UInt16.self, at: second) == 1)  // RESV_MEM
+        #expect(reply[second + 4] == 1)  // VIRTIO_IOMMU_RESV_MEM_T_MSI
         #expect(ResvMemProperty.parse(Array(reply[0..<512])) == [low, .x86MSIWindow])
     }
 
     // §5.13.6.8.1.2 D42: RESV_MEM reserved bytes are 0; subtype, start and end as configured.
     @Test func d42_resvMemReservedZero() {
         let reply = msiProbeReply()
-        #expect(reply[4] == ReservedRegion.Kind.msi.rawValue)
+        #expect(reply[4] == 1)  // VIRTIO_IOMMU_RESV_MEM_T_MSI
         #expect(reply[5] == 0 && reply[6] == 0 && reply[7] == 0)
         #expect(reply.le(UInt64.self, at: 8) == 0xfee0_0000)
         #expect(reply.le(UInt64.self, at: 16) == 0xfeef_ffff)
-        #expect(reply.le(UInt16.self, at: 24) == ProbePropertyType.none.rawValue)
+        #expect(reply.le(UInt16.self, at: 24) == 0)  // NONE ends the list
     }
 
     // §5.13.6.7.2 D40: properties space smaller than probe_size → INVAL, no property written.
@@ -581,7 +587,7 @@ import Testing
         _ = try? device.translate(endpoint: plainEndpoint, iova: 0x5000, length: 1, access: .write)
         let (used, bytes) = deliver(&device)
         #expect(used == 24)
-        #expect(bytes[0] == Fault.Reason.mapping.rawValue)
+        #expect(bytes[0] == 2)  // VIRTIO_IOMMU_FAULT_R_MAPPING
         #expect(bytes.le(UInt64.self, at: 16) == 0x5000)
         return bytes
     }
@@ -595,7 +601,7 @@ import Testing
 
     // §5.13.6.9.2 D48: undefined flags are 0.
     @Test func d48_onlyDefinedFlags() {
-        #expect(deliveredRecord().le(UInt32.self, at: 4) == Fault.Flags([.write, .address]).rawValue)
+        #expect(deliveredRecord().le(UInt32.self, at: 4) == 1 << 1 | 1 << 8)  // F_WRITE | F_ADDRESS
     }
 
     // §5.13.6.9.2 D49: the endpoint ID is valid; unknown endpoints are never reported.
@@ -638,5 +644,33 @@ import Testing
         #expect(device.droppedFaultCount == 1)
         #expect(device.popFault()?.address == 0x2000)
         #expect(device.counters.faultsRaised == 3)
+    }
+}
+
+/// The wire numbers, written from the spec (virtio 1.4 §5.13.3, §5.13.6, §5.13.6.8, §5.13.6.9), so that
+/// the tests comparing decoded enums (`== .invalid`, `.msi`, …) rest on the spec's values, not the model's.
+@Suite struct WireConstantTests {
+    // §5.13.3: feature bits 0–6; the PASID extension's bit 63 (docs/pasid-extension.md §2).
+    @Test func featureBits() {
+        let bits: [(Features, UInt64)] = [(.inputRange, 0), (.domainRange, 1), (.mapUnmap, 2), (.bypass, 3),
+                                          (.probe, 4), (.mmio, 5), (.bypassConfig, 6), (.pasid, 63)]
+        for (feature, bit) in bits { #expect(feature.rawValue == 1 << bit, "bit \(bit)") }
+    }
+
+    // §5.13.6: request types 1–5 (extension: 0xE0–0xE3), status codes S_OK = 0 … S_NOMEM = 8.
+    @Test func requestTypesAndStatusCodes() {
+        #expect([RequestType.attach, .detach, .map, .unmap, .probe].map(\.rawValue) == [1, 2, 3, 4, 5])
+        #expect([RequestType.attachPASID, .detachPASID, .allocPASID, .freePASID].map(\.rawValue) == [0xE0, 0xE1, 0xE2, 0xE3])
+        #expect([Status.ok, .ioError, .unsupported, .deviceError, .invalid, .range, .noEntry, .fault, .noMemory].map(\.rawValue)
+                == [0, 1, 2, 3, 4, 5, 6, 7, 8])
+    }
+
+    // §5.13.6.5, §5.13.6.8, §5.13.6.9: MAP flags, RESV_MEM subtypes, fault reasons and flags.
+    @Test func flagsAndSubtypes() {
+        #expect([MapFlags.read, .write, .mmio].map(\.rawValue) == [1 << 0, 1 << 1, 1 << 2])
+        #expect([ReservedRegion.Kind.reserved, .msi].map(\.rawValue) == [0, 1])
+        #expect([Fault.Reason.unknown, .domain, .mapping].map(\.rawValue) == [0, 1, 2])
+        #expect([Fault.Flags.read, .write, .exec, .address].map(\.rawValue) == [1 << 0, 1 << 1, 1 << 2, 1 << 8])
+        #expect(AttachRequest.flagBypass == 1 << 0)
     }
 }

@@ -15,15 +15,25 @@ import Testing
         return device
     }
 
-    /// The reason of the fault a translation raises, or nil when it translates.
-    func faultReason(_ device: inout Device, iova: UInt64 = 0x1010, pasid: UInt32? = nil, access: Access = .read) -> Fault.Reason? {
+    /// What a translation did. An error other than a fault is an outcome of its own, so that it can
+    /// never pass for "translated" or for a fault.
+    enum Outcome: Equatable {
+        case translated
+        case fault(Fault.Reason)
+        case otherError(TranslationError)
+    }
+
+    /// Translates 4 bytes for endpoint 10; any error other than a fault also fails the test.
+    func outcome(_ device: inout Device, iova: UInt64 = 0x1010, pasid: UInt32? = nil, access: Access = .read,
+                 sourceLocation: SourceLocation = #_sourceLocation) -> Outcome {
         do {
             _ = try device.translate(endpoint: plainEndpoint, pasid: pasid, iova: iova, length: 4, access: access)
-            return nil
+            return .translated
         } catch .fault(let fault) {
-            return fault.reason
+            return .fault(fault.reason)
         } catch {
-            return nil
+            Issue.record("translation failed without a fault: \(error)", sourceLocation: sourceLocation)
+            return .otherError(error)
         }
     }
 
@@ -32,12 +42,13 @@ import Testing
     @Test func hitsStayInsideTheMappingAndItsPermissions() throws {
         var device = try warmDevice()
         #expect(try device.translate(endpoint: plainEndpoint, iova: 0x2ff8, length: 8, access: .write) == [Segment(address: 0x9ff8, length: 8)])
-        #expect(throws: TranslationError.self) {
-            try device.translate(endpoint: plainEndpoint, iova: 0x2ff8, length: 16, access: .read)  // runs past the mapping
+        // Runs past the mapping: the first byte after it faults.
+        #expect(throws: TranslationError.fault(Fault(reason: .mapping, flags: [.read, .address], endpoint: plainEndpoint, address: 0x3000))) {
+            try device.translate(endpoint: plainEndpoint, iova: 0x2ff8, length: 16, access: .read)
         }
         #expect(device.map(1, 0x3000, 0x3fff, phys: 0x20000, flags: .read) == .ok)
         #expect(try device.translate(endpoint: plainEndpoint, iova: 0x3000, length: 4, access: .read) == [Segment(address: 0x20000, length: 4)])
-        #expect(faultReason(&device, iova: 0x3000, access: .write) == .mapping)  // cached READ-only entry, write denied
+        #expect(outcome(&device, iova: 0x3000, access: .write) == .fault(.mapping))  // cached READ-only entry, write denied
         #expect(device.invariantViolation() == nil)
     }
 
@@ -45,7 +56,7 @@ import Testing
     @Test func unmapEmptiesIt() throws {
         var device = try warmDevice()
         #expect(device.unmap(1, 0x1000, 0x2fff) == .ok)
-        #expect(faultReason(&device) == .mapping)
+        #expect(outcome(&device) == .fault(.mapping))
         #expect(device.invariantViolation() == nil)
     }
 
@@ -54,6 +65,7 @@ import Testing
         var device = try warmDevice()
         #expect(device.unmap(1, 0x1000, 0x1fff) == .range)
         #expect(device.translationCache.validEntries.count == 1)
+        #expect(outcome(&device) == .translated)
         #expect(try device.translate(endpoint: plainEndpoint, iova: 0x1010, length: 8, access: .read) == [Segment(address: 0x8010, length: 8)])
     }
 
@@ -61,7 +73,7 @@ import Testing
     @Test func attachElsewhereRedirectsIt() throws {
         var device = try warmDevice()
         #expect(device.attach(plainEndpoint, to: 2) == .ok)
-        #expect(faultReason(&device) == .mapping)  // domain 2 is empty
+        #expect(outcome(&device) == .fault(.mapping))  // domain 2 is empty
         #expect(device.map(2, 0x1000, 0x1fff, phys: 0x40000) == .ok)
         #expect(try device.translate(endpoint: plainEndpoint, iova: 0x1010, length: 8, access: .read) == [Segment(address: 0x40010, length: 8)])
         #expect(device.invariantViolation() == nil)
@@ -71,14 +83,14 @@ import Testing
     @Test func detachEmptiesIt() throws {
         var device = try warmDevice()
         #expect(device.detach(plainEndpoint, from: 1) == .ok)
-        #expect(faultReason(&device) == .domain)
+        #expect(outcome(&device) == .fault(.domain))
     }
 
     // D5/reset: no domain survives a reset, cached translations included.
     @Test func resetEmptiesIt() throws {
         var device = try warmDevice()
         device.reset()
-        #expect(faultReason(&device) == .domain)
+        #expect(outcome(&device) == .fault(.domain))
     }
 
     // PASID extension rule 7: a PASID translates through its aux domain only; DETACH_PASID ends it.
@@ -93,7 +105,7 @@ import Testing
         #expect(try device.translate(endpoint: plainEndpoint, iova: 0x1010, length: 8, access: .read) == [Segment(address: 0x8010, length: 8)])
         #expect(try device.translate(endpoint: plainEndpoint, pasid: pasid, iova: 0x1010, length: 8, access: .read) == [Segment(address: 0x50010, length: 8)])
         #expect(device.detachPASID(plainEndpoint, pasid, from: 5) == .ok)
-        #expect(faultReason(&device, pasid: pasid) == .domain)
+        #expect(outcome(&device, pasid: pasid) == .fault(.domain))
         #expect(try device.translate(endpoint: plainEndpoint, iova: 0x1010, length: 8, access: .read) == [Segment(address: 0x8010, length: 8)])
         #expect(device.invariantViolation() == nil)
     }
