@@ -6,12 +6,26 @@ import VhostUserTestSupport
 
 /// The real `vhost-iommu` executable (built into the test bundle's folder), started for one test with its own socket paths.
 public final class Daemon: @unchecked Sendable {
+    /// How the daemon polls its request ring (`--poll-max-us`) unless the arguments say so themselves.
+    ///
+    /// Functional tests run the daemon with polling off. Polling spins a core for up to the window after
+    /// each request; `swift test` runs tests in parallel, and on a 2-core machine a few polling daemons
+    /// take the cores from the test's own front-end thread, so every request waits for the scheduler and
+    /// timeouts become the thing under test. Off, the daemon wakes on each kick, which exercises the
+    /// same request path (the device model, the used ring, calls). Tests whose subject is polling (or a
+    /// rate, as the real-guest test) ask for it: `.daemonDefault` runs what a user runs, and the engine's
+    /// PollingTests cover the polling rules over a real ring.
+    public enum Polling: Sendable {
+        /// `--poll-max-us 0`: never poll.
+        case off
+        /// No `--poll-max-us`: the daemon's shipped default.
+        case daemonDefault
+    }
+
     public let process = Process()
     public let socketPath: String
     public let controlPath: String
-    private let logPipe = Pipe()
-    private var logData = Data()
-    private let logLock = NSLock()
+    private let logReader = LogReader()
 
     public static var executable: URL {
         // The test bundle and the executable are built into the same folder.
@@ -19,32 +33,53 @@ public final class Daemon: @unchecked Sendable {
         return me.deletingLastPathComponent().appendingPathComponent("vhost-iommu")
     }
 
-    public init(_ arguments: [String] = [], waitForSocket: Bool = true, executable: URL = Daemon.executable) throws {
+    /// Starts the daemon with its own socket, control socket and debug logging, and `polling` unless the
+    /// arguments set `--poll-max-us`. A test daemon never uses the host's PASID store: arguments that turn
+    /// the PASID extension on through an endpoint (`pasid=BITS`) without naming a store get a private one
+    /// (`--pasid-store memory`); without either the daemon serves the plain device and opens no store.
+    public init(_ arguments: [String] = [], waitForSocket: Bool = true, polling: Polling = .off,
+                executable: URL = Daemon.executable) throws {
         let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         socketPath = "/tmp/vhost-iommu-test-\(tag).sock"
         controlPath = "/tmp/vhost-iommu-test-\(tag).ctl"
         process.executableURL = executable
-        process.arguments = ["--socket-path", socketPath, "--control-socket", controlPath, "--log-level", "debug"]
-            + (arguments.contains("--pasid-store") ? [] : ["--pasid-store", "memory"]) + arguments
-        process.standardError = logPipe
-        process.standardOutput = FileHandle.nullDevice
-        logPipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let chunk = handle.availableData
-            guard let self else { return }
-            self.logLock.lock(); self.logData.append(chunk); self.logLock.unlock()
+        var defaults = ["--socket-path", socketPath, "--control-socket", controlPath, "--log-level", "debug"]
+        if !arguments.contains("--pasid-store") && arguments.contains(where: { $0.contains("pasid=") }) {
+            defaults += ["--pasid-store", "memory"]
         }
-        try process.run()
+        if !arguments.contains("--poll-max-us"), case .off = polling { defaults += ["--poll-max-us", "0"] }
+        process.arguments = defaults + arguments
+        // The log channel is a socket pair made close-on-exec atomically, so that no other child of
+        // this test process keeps the daemon's end open: the daemon is its only writer, and its end of
+        // file means the daemon is gone and every line it wrote has been read.
+        let (ours, theirs) = try SystemCall.socketPair()
+        let ends = [ours.rawValue, theirs.rawValue]
+        process.standardError = FileHandle(fileDescriptor: ends[1], closeOnDealloc: false)
+        process.standardOutput = FileHandle.nullDevice
+        do {
+            try process.run()
+        } catch {
+            close(ends[0]); close(ends[1])
+            throw error
+        }
+        close(ends[1])
+        logReader.start(reading: ends[0])
         if waitForSocket {
             let deadline = ContinuousClock.now + .seconds(10)
-            while (access(socketPath, F_OK) != 0 || access(controlPath, F_OK) != 0) && ContinuousClock.now < deadline {
+            while (access(socketPath, F_OK) != 0 || access(controlPath, F_OK) != 0) && ContinuousClock.now < deadline
+                    && process.isRunning {
                 usleep(2000)
             }
         }
     }
 
-    public var log: String {
-        logLock.lock(); defer { logLock.unlock() }
-        return String(decoding: logData, as: UTF8.self)
+    /// Everything the daemon has logged so far.
+    public var log: String { logReader.text }
+
+    /// Waits until the log contains `text` (or the daemon exits, or `timeout` passes); returns whether it does.
+    @discardableResult
+    public func waitForLog(_ text: String, timeout: Duration = .seconds(5)) -> Bool {
+        logReader.wait(timeout: timeout) { $0.contains(text) }
     }
 
     public func connect() throws -> TestFrontend { try TestFrontend(connectingTo: socketPath) }
@@ -56,18 +91,21 @@ public final class Daemon: @unchecked Sendable {
         return waitForExit()
     }
 
+    /// Waits for the daemon to exit (SIGKILL after `timeout`) and for the end of its log; returns the
+    /// exit status (or 128 + the signal that ended it).
     @discardableResult
     public func waitForExit(timeout: Duration = .seconds(10)) -> Int32 {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning && ContinuousClock.now < deadline { usleep(2000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
-        usleep(20000)  // let the log reader catch up
-        return process.terminationStatus
+        // The log ends when the daemon exits (it is the pipe's only writer).
+        if !logReader.waitForEnd(timeout: timeout) && process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            _ = logReader.waitForEnd(timeout: .seconds(10))
+        }
+        process.waitUntilExit()
+        return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
     }
 
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        logPipe.fileHandleForReading.readabilityHandler = nil
         unlink(socketPath)
         unlink(controlPath)
     }
@@ -93,5 +131,58 @@ public final class Daemon: @unchecked Sendable {
     public func requestCount(_ type: String, _ status: String) throws -> Int {
         let requests = (try stats()["requests"] as? [[String: Any]]) ?? []
         return requests.first { $0["type"] as? String == type && $0["status"] as? String == status }?["count"] as? Int ?? 0
+    }
+}
+
+/// The daemon's standard error, read to its end on a thread of its own.
+private final class LogReader: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var data = Data()
+    private var ended = false
+
+    func start(reading fd: Int32) {
+        Thread.detachNewThread { [self] in
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                condition.lock()
+                if n > 0 { data.append(contentsOf: buffer[0..<n]) } else { ended = true }
+                condition.broadcast()
+                condition.unlock()
+                if n <= 0 { break }
+            }
+            close(fd)
+        }
+    }
+
+    var text: String {
+        condition.lock(); defer { condition.unlock() }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Waits until `predicate` holds for the log so far, the log ends, or `timeout` passes.
+    func wait(timeout: Duration, until predicate: (String) -> Bool) -> Bool {
+        let deadline = Date() + Self.seconds(timeout)
+        condition.lock(); defer { condition.unlock() }
+        while true {
+            if predicate(String(decoding: data, as: UTF8.self)) { return true }
+            if ended || !condition.wait(until: deadline) { return predicate(String(decoding: data, as: UTF8.self)) }
+        }
+    }
+
+    /// Waits for the end of the log; false if `timeout` passed first.
+    func waitForEnd(timeout: Duration) -> Bool {
+        let deadline = Date() + Self.seconds(timeout)
+        condition.lock(); defer { condition.unlock() }
+        while !ended {
+            if !condition.wait(until: deadline) { return ended }
+        }
+        return true
+    }
+
+    private static func seconds(_ duration: Duration) -> TimeInterval {
+        let (seconds, attoseconds) = duration.components
+        return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
     }
 }

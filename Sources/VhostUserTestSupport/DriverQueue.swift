@@ -167,11 +167,41 @@ public final class DriverQueue: @unchecked Sendable {
     public var availEvent: UInt16 {
         UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing + 4 + UInt64(8 * size))))
     }
-    /// used.flags as the device last wrote it (bit 0: VRING_USED_F_NO_NOTIFY).
+    /// used.flags as the device last wrote it (bit 0: VIRTQ_USED_F_NO_NOTIFY).
     public var usedFlags: UInt16 { UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing))) }
     public var usedIndex: UInt16 { UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing + 2))) }
 
     public func kickNow() { SystemCall.signal(kick.descriptor) }
+
+    /// Whether the device asks for a kick now that avail.idx moved on from `previous` (virtio 1.4
+    /// §2.7.10, what Linux's virtqueue_kick_prepare checks): with VIRTIO_F_EVENT_IDX when the new
+    /// entries pass avail_event, otherwise unless the device set VIRTQ_USED_F_NO_NOTIFY.
+    public func deviceWantsKick(since previous: UInt16, eventIndex: Bool) -> Bool {
+        cvu_full_fence()  // virtio_mb: the avail.idx store is visible before avail_event or flags are read
+        if eventIndex { return availIndex &- availEvent &- 1 < availIndex &- previous }
+        return usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
+    }
+
+    /// Waits until the back-end has read this queue's kick eventfd (it reads it before it handles the
+    /// kick, on its loop thread); false if the kick is still unread after `timeout`. A message sent after
+    /// this returns is handled only once that kick's turn of the ring is over.
+    public func waitForKickConsumed(timeout: Duration = .seconds(5)) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            var pfd = pollfd(fd: kick.rawValue, events: Int16(POLLIN), revents: 0)
+            if poll(&pfd, 1, 0) == 0 { return true }
+            if ContinuousClock.now >= deadline { return false }
+            usleep(50)
+        }
+    }
+
+    /// Kicks only if the device asks for it (`deviceWantsKick`), as a driver does; returns whether it kicked.
+    @discardableResult
+    public func kickIfWanted(since previous: UInt16, eventIndex: Bool) -> Bool {
+        guard deviceWantsKick(since: previous, eventIndex: eventIndex) else { return false }
+        kickNow()
+        return true
+    }
 
     /// Used entries that appeared since the last call; their descriptors return to the free list.
     public func collectUsed() -> [Used] {
@@ -222,7 +252,35 @@ public final class DriverQueue: @unchecked Sendable {
         (writableBuffers[head] ?? []).flatMap { memory.read($0.1, at: $0.0) }
     }
 
-    /// Whether the back-end signalled the call eventfd (consumes the signal).
+    /// Whether the back-end has signalled the call eventfd by now (consumes the signal). The engine
+    /// publishes used.idx before it signals, so right after a used entry appears this may still be
+    /// false: a test that expects a call uses `waitForCall`, and one that expects none first ends the
+    /// back-end's turn with a message round trip (see `TestFrontend.sync`).
     public func wasCalled() -> Bool { SystemCall.drain(call.descriptor) > 0 }
+
+    /// Waits (poll(2) on the call eventfd, no sleeping) until the back-end signals it or `timeout`
+    /// passes; true if it was signalled (the signal is consumed).
+    public func waitForCall(timeout: Duration = .seconds(5)) -> Bool {
+        Self.waitForSignal(call, timeout: timeout)
+    }
+
+    /// Waits until the back-end signals the error eventfd or `timeout` passes (the signal is consumed).
+    public func waitForError(timeout: Duration = .seconds(5)) -> Bool {
+        Self.waitForSignal(errorDescriptor, timeout: timeout)
+    }
+
     public func errorSignalled() -> Bool { SystemCall.drain(errorDescriptor.descriptor) > 0 }
+
+    private static func waitForSignal(_ eventFD: borrowing OwnedFileDescriptor, timeout: Duration) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if SystemCall.drain(eventFD.descriptor) > 0 { return true }
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { return false }
+            let (seconds, attoseconds) = remaining.components
+            let milliseconds = Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+            var pfd = pollfd(fd: eventFD.rawValue, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, max(1, milliseconds))  // EINTR or a timeout: the loop re-checks
+        }
+    }
 }

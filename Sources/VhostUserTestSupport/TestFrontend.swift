@@ -181,6 +181,13 @@ public final class TestFrontend: @unchecked Sendable {
     }
     public func getStatus() throws -> UInt8 { UInt8(truncatingIfNeeded: try getU64(.getStatus)) }
 
+    /// A round trip (GET_FEATURES) that orders the test after the back-end's earlier work. The back-end
+    /// serves rings and messages on one thread and signals a call right after it publishes used.idx, in
+    /// the same turn; a message sent after the test saw a used entry is read only after that turn. So
+    /// once the reply is here, every call owed for used entries the test saw before `sync()` has been
+    /// signalled: a test that expects no call syncs first, then checks `wasCalled()`.
+    public func sync() throws { _ = try getFeatures() }
+
     // MARK: QEMU's sequences (qemu-and-vhost-user.md §3.7)
 
     /// What `vhost_user_backend_init` and `vhost_dev_init` send; returns the back-end's features.

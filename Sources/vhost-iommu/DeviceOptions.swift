@@ -79,6 +79,9 @@ struct RangeArgument: ExpressibleByArgument, Sendable {
         first = a
         last = b
     }
+
+    /// As `--help` shows a default: the way it is written on the command line.
+    var defaultValueDescription: String { "0x\(String(first, radix: 16))-0x\(String(last, radix: 16))" }
 }
 
 struct NumberArgument: ExpressibleByArgument, Sendable {
@@ -87,4 +90,6 @@ struct NumberArgument: ExpressibleByArgument, Sendable {
         guard let value = OptionSyntax.number(argument) else { return nil }
         self.value = value
     }
+
+    var defaultValueDescription: String { "0x\(String(value, radix: 16))" }
 }

@@ -12,7 +12,7 @@ struct PASIDCommand: ParsableCommand {
     /// Opens the durable store named by the options (the admin view has no use for a memory store).
     static func open(_ location: PASIDStoreLocation) throws -> SQLitePASIDStore {
         guard location.path != "memory" else { throw ValidationError("the admin commands need a store file") }
-        guard let store = try location.open(logger: nil) as? SQLitePASIDStore else {
+        guard let store = try location.open() as? SQLitePASIDStore else {
             throw ValidationError("not a durable store")
         }
         return store

@@ -4,9 +4,14 @@ import Logging
 import PASIDStore
 
 /// Where the host-wide PASID store lives, shared by the daemon and the `pasid` admin commands.
+///
+/// One store per host: every daemon of the host, whoever runs it, uses the same well-known file unless
+/// told otherwise. There is no per-user fallback, which would give daemons of different users different
+/// stores and so hand out the same PASID twice on one host. A daemon that cannot use the store refuses
+/// to start and says why (`StoreUnavailable`).
 struct PASIDStoreLocation: ParsableArguments {
     @Option(name: .customLong("pasid-store"),
-            help: "The host-wide PASID store: a SQLite file, or 'memory' for one private to this process. Default: /var/lib/vhost-iommu/pasid.sqlite, or a per-user path where that is not writable.")
+            help: "The PASID store: a SQLite file shared by every daemon of the host, or 'memory' for one private to this VM. Turns the PASID extension on. Default: \(PASIDStoreLocation.systemPath).")
     var path: String?
 
     @Option(name: .customLong("pasid-width"), help: "PASID width (1-20) when the store is created.")
@@ -14,35 +19,38 @@ struct PASIDStoreLocation: ParsableArguments {
 
     static let systemPath = "/var/lib/vhost-iommu/pasid.sqlite"
 
-    /// The per-user fallback: $XDG_STATE_HOME/vhost-iommu, else ~/.local/state/vhost-iommu.
-    static var userPath: String {
-        if let state = getenv("XDG_STATE_HOME").map({ String(cString: $0) }), !state.isEmpty {
-            return state + "/vhost-iommu/pasid.sqlite"
-        }
-        let home = getenv("HOME").map { String(cString: $0) } ?? "/tmp"
-        return home + "/.local/state/vhost-iommu/pasid.sqlite"
-    }
+    /// The store file these options name (nil for a memory store).
+    var file: String? { path == "memory" ? nil : (path ?? Self.systemPath) }
 
-    /// Opens the store; the system path falls back to the per-user one with a warning.
-    func open(logger: Logger?) throws -> any PASIDAllocator {
-        if path == "memory" { return try InMemoryPASIDStore(width: width ?? maxPASIDWidth) }
-        if let path { return try Self.openFile(path, width: width) }
+    /// Opens the store; a store file that cannot be opened or created throws `StoreUnavailable`.
+    func open() throws -> any PASIDAllocator {
+        guard let file else { return try InMemoryPASIDStore(width: width ?? maxPASIDWidth) }
         do {
-            return try Self.openFile(Self.systemPath, width: width)
+            try Self.makeDirectories(for: file)
+            return try SQLitePASIDStore(path: file, width: width)
         } catch {
-            logger?.warning("PASID store \(Self.systemPath) is not usable (\(error)); using \(Self.userPath)")
-            return try Self.openFile(Self.userPath, width: width)
+            throw StoreUnavailable(path: file, reason: error)
         }
     }
 
-    private static func openFile(_ path: String, width: Int?) throws -> SQLitePASIDStore {
-        try makeDirectories(for: path)
-        return try SQLitePASIDStore(path: path, width: width)
+    /// A store file this process cannot use: one line that says which file, why, and what to do.
+    struct StoreUnavailable: Error, CustomStringConvertible {
+        var path: String
+        var reason: PASIDStoreError
+
+        var description: String {
+            let why: String = switch reason {
+            case .storage(let message): message
+            default: reason.description
+            }
+            return "cannot use the PASID store \(path) (\(why)); every daemon of a host shares one store, so run "
+                + "them as a user that may write it (README, \"PASID store\"), or give this VM a private one with --pasid-store memory"
+        }
     }
 
     /// `mkdir -p` of the file's folder.
-    private static func makeDirectories(for path: String) throws {
-        var prefix = ""
+    private static func makeDirectories(for path: String) throws(PASIDStoreError) {
+        var prefix = path.hasPrefix("/") ? "" : "."
         for component in path.split(separator: "/").dropLast() {
             prefix += "/" + component
             if mkdir(prefix, 0o755) != 0 && errno != EEXIST {

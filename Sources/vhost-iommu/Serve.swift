@@ -20,7 +20,7 @@ struct Serve: ParsableCommand {
     var printCapabilities = false
 
     @Option(name: .customLong("endpoint"),
-            help: "Endpoint IDs: a number or range, then regions: IDS[,msi=A-B][,reserved=A-B] or IDS,msi=none. Repeatable. Default: 0-0xffff with the x86 MSI window.")
+            help: "Endpoint IDs: a number or range, then regions: IDS[,msi=A-B][,reserved=A-B] or IDS,msi=none, and a PASID width: ,pasid=BITS (turns the PASID extension on). Repeatable. Default: 0-0xffff with the x86 MSI window.")
     var endpoints: [EndpointSpecification] = []
 
     @Option(help: "page_size_mask; its lowest set bit is the granule.")
@@ -68,10 +68,10 @@ struct Serve: ParsableCommand {
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
 
-    @Option(help: "This VM's name in the PASID store. Default: derived from the socket path (or the process with --fd).")
+    @Option(help: "This VM's name in the PASID store (PASID extension only). Default: derived from the socket path (or the process with --fd).")
     var vm: String?
 
-    @Option(help: "How many PASIDs this VM may hold (default: the store's default quota).")
+    @Option(help: "How many PASIDs this VM may hold (PASID extension only; default: the store's default quota).")
     var pasidQuota: Int?
 
     @OptionGroup var pasidStore: PASIDStoreLocation
@@ -95,11 +95,21 @@ struct Serve: ParsableCommand {
         if let width = pasidStore.width, !(1...maxPASIDWidth).contains(width) {
             throw ValidationError("--pasid-width must be 1...\(maxPASIDWidth)")
         }
+        if !pasidExtension {
+            for (option, given) in [("--vm", vm != nil), ("--pasid-quota", pasidQuota != nil), ("--pasid-width", pasidStore.width != nil)] where given {
+                throw ValidationError("\(option) needs the PASID extension: give an endpoint a PASID width (--endpoint IDS,pasid=BITS) or name a store (--pasid-store PATH|memory)")
+            }
+        }
         if endpoints.contains(where: { Int($0.last - $0.first) >= EndpointSpecification.maxCount }) {
             throw ValidationError("an --endpoint range names more than \(EndpointSpecification.maxCount) endpoints")
         }
         _ = try deviceConfiguration()
     }
+
+    /// Whether the device offers the PASID extension (F_PASID) and so needs the host-wide PASID store:
+    /// when an endpoint supports PASIDs or a store is named. Without it the daemon never opens a store,
+    /// so the plain device runs as any user.
+    var pasidExtension: Bool { pasidStore.path != nil || endpoints.contains { $0.pasidBits > 0 } }
 
     func deviceConfiguration() throws -> Configuration {
         var map: [UInt32: [ReservedRegion]] = [:]
@@ -117,7 +127,7 @@ struct Serve: ParsableCommand {
         var configuration = Configuration(
             endpoints: map, pageSizeMask: pageSizeMask.value, inputRange: input,
             domainRange: UInt32(domainRange.first)...UInt32(domainRange.last), probeSize: probeSize,
-            bypass: bypass == .on, features: Features.standard.union(.pasid),
+            bypass: bypass == .on, features: pasidExtension ? Features.standard.union(.pasid) : Features.standard,
             limits: Limits(maxDomains: maxDomains, maxMappingsPerDomain: maxMappingsPerDomain,
                            maxMappingsTotal: maxMappings, maxPendingFaults: maxPendingFaults))
         configuration.pasidWidths = widths
@@ -143,13 +153,8 @@ struct Serve: ParsableCommand {
         }
         let logger = Logger(label: "vhost-iommu")
         let owner = vmName
-        let store = try pasidStore.open(logger: logger)
-        if let durable = store as? SQLitePASIDStore {
-            try durable.register(owner: owner, quota: pasidQuota)
-            logger.info("PASID store \(durable.path), owner \(owner)")
-        } else if let pasidQuota {
-            try store.setQuota(pasidQuota, owner: owner)
-        }
+        var store: (any PASIDAllocator)?
+        if pasidExtension { store = try openPASIDStore(owner: owner, logger: logger) }
         defer {
             // A clean exit gives this VM's PASIDs back; a crash leaves them to the lease reclaim.
             if let durable = store as? SQLitePASIDStore {
@@ -183,6 +188,26 @@ struct Serve: ParsableCommand {
         try serve(backend, logger: logger)
         control?.stop()
         Statistics.log(device, logger: logger)
+    }
+
+    /// Opens the PASID store and takes this VM's lease on its owner name. A store that cannot be used
+    /// stops the daemon with one line that names it (`StoreUnavailable`); a live owner of the same name
+    /// stops it with `PASIDStoreError.ownerInUse`.
+    private func openPASIDStore(owner: String, logger: Logger) throws -> any PASIDAllocator {
+        let store = try pasidStore.open()
+        do {
+            if let durable = store as? SQLitePASIDStore {
+                try durable.register(owner: owner, quota: pasidQuota)
+                logger.info("PASID store \(durable.path), owner \(owner)")
+            } else {
+                if let pasidQuota { try store.setQuota(pasidQuota, owner: owner) }
+                logger.info("PASID store in memory (this VM only), owner \(owner)")
+            }
+        } catch {
+            guard case .storage = error else { throw error }
+            throw PASIDStoreLocation.StoreUnavailable(path: pasidStore.file ?? "memory", reason: error)
+        }
+        return store
     }
 
     /// The owner name in the PASID store: distinct per VM, never one shared default.

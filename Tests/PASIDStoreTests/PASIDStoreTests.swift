@@ -29,6 +29,7 @@ func removeStore(_ path: String) {
 /// The allocator protocol, run against both stores.
 @Suite struct PASIDAllocatorTests {
     // PCIe: PASID 0 is reserved for traffic without a PASID, so the space starts at 1.
+    // Spec: docs/pasid-extension.md §4.2 and P2: the lowest free PASID, counting from 1 (0 is never allocated).
     @Test(arguments: StoreKind.allCases)
     func lowestFreeFromOne(kind: StoreKind) throws {
         let store = try kind.make()
@@ -41,6 +42,7 @@ func removeStore(_ path: String) {
         #expect(try store.allocations().map(\.owner) == ["vm-a", "vm-a", "vm-a"])
     }
 
+    // Spec: docs/pasid-extension.md §4.2 and P2: bounds inside 1 … 2^w − 1, and an exhausted space.
     @Test(arguments: StoreKind.allCases)
     func boundsAndExhaustion(kind: StoreKind) throws {
         let store = try kind.make(width: 4)  // the space is 1...15
@@ -56,6 +58,7 @@ func removeStore(_ path: String) {
         #expect(try store.statistics().allocated == 15)
     }
 
+    // Spec: docs/pasid-extension.md §7 "Owners" (per-owner quotas, the default a quarter of the space) and §4.2 (quota reached: NOMEM).
     @Test(arguments: StoreKind.allCases)
     func quotas(kind: StoreKind) throws {
         let store = try kind.make()
@@ -72,6 +75,7 @@ func removeStore(_ path: String) {
         #expect(try store.allocate(owner: "small", in: nil) == 4)
     }
 
+    // Spec: docs/pasid-extension.md §4.4 FREE_PASID (a PASID not held: NOENT) and P6 (a VM's PASIDs all go back).
     @Test(arguments: StoreKind.allCases)
     func freeingAndReleasing(kind: StoreKind) throws {
         let store = try kind.make()
@@ -88,6 +92,7 @@ func removeStore(_ path: String) {
         #expect(owners.first { $0.name == "vm-b" }?.allocated == 1)
     }
 
+    // Spec: docs/pasid-extension.md P2 and §7: widths 1 … 20.
     @Test(arguments: StoreKind.allCases)
     func widthLimits(kind: StoreKind) throws {
         #expect(throws: PASIDStoreError.invalidWidth(21)) { try kind.make(width: 21) }
@@ -101,6 +106,7 @@ func removeStore(_ path: String) {
 
 /// What only the durable store does: persistence, leases, cross-connection safety.
 @Suite struct SQLitePASIDStoreTests {
+    // Spec: docs/pasid-extension.md §7: the durable store keeps allocations, quotas and its width (fixed at creation).
     @Test func persistsAcrossOpens() throws {
         let path = temporaryStorePath()
         defer { removeStore(path) }
@@ -126,14 +132,14 @@ func removeStore(_ path: String) {
         return pid
     }
 
+    // Spec: docs/pasid-extension.md §7 "Reclaiming": a live lease keeps its name; a dead owner's PASIDs are freed when listed.
     @Test func deadOwnersAreReclaimed() throws {
         let path = temporaryStorePath()
         defer { removeStore(path) }
         let store = try SQLitePASIDStore(path: path)
         let pid = spawnSleeper()
-        var lease = ProcessLease(pid: pid, startTime: 0)
-        for _ in 0..<100 where ProcessLease.startTime(of: pid) == nil { usleep(1000) }
-        lease.startTime = ProcessLease.startTime(of: pid) ?? 0
+        // The child is in /proc from the moment posix_spawn returns: no waiting.
+        let lease = ProcessLease(pid: pid, startTime: try #require(ProcessLease.startTime(of: pid)))
         #expect(lease.isAlive)
         try store.register(owner: "other-vm", lease: lease)
         for _ in 0..<3 { _ = try store.allocate(owner: "other-vm", in: nil) }
@@ -150,13 +156,13 @@ func removeStore(_ path: String) {
         try store.register(owner: "other-vm")  // the name is free again
     }
 
+    // Spec: docs/pasid-extension.md §7 "Reclaiming": registering a dead holder's name frees its PASIDs and keeps its quota.
     @Test func registerTakesOverFromADeadHolder() throws {
         let path = temporaryStorePath()
         defer { removeStore(path) }
         let store = try SQLitePASIDStore(path: path)
         let pid = spawnSleeper()
-        for _ in 0..<100 where ProcessLease.startTime(of: pid) == nil { usleep(1000) }
-        try store.register(owner: "vm", quota: 5, lease: ProcessLease(pid: pid, startTime: ProcessLease.startTime(of: pid) ?? 0))
+        try store.register(owner: "vm", quota: 5, lease: ProcessLease(pid: pid, startTime: try #require(ProcessLease.startTime(of: pid))))
         _ = try store.allocate(owner: "vm", in: nil)
         kill(pid, SIGKILL)
         var status: Int32 = 0
@@ -171,6 +177,7 @@ func removeStore(_ path: String) {
     }
 
     // Two connections (as two processes would have) allocating at once never get the same PASID.
+    // Spec: docs/pasid-extension.md §7 "Concurrency": two connections never get the same PASID.
     @Test func concurrentConnectionsNeverShareAPASID() throws {
         let path = temporaryStorePath()
         defer { removeStore(path) }

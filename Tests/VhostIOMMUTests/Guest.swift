@@ -20,9 +20,8 @@ final class Guest {
         requests = try DriverQueue(memory: memory, index: 0, size: queueSize)
         events = try DriverQueue(memory: memory, index: 1, size: queueSize)
         let offered = try frontend.initialize(queues: [requests, events])
-        // What Linux accepts: VERSION_1, the ring features, and the virtio-iommu bits it knows
-        // (plus F_PASID for a driver that implements the extension).
-        features = offered & (TransportFeatures.all | Features.standard.rawValue | (acceptPASID ? Features.pasid.rawValue : 0))
+        // What a Linux guest acks (plus F_PASID for a driver that implements the extension).
+        features = offered & (IOMMUSpec.linuxGuestFeatures | (acceptPASID ? IOMMUSpec.VIRTIO_IOMMU_F_PASID : 0))
         try frontend.start(features: features, memory: [memory], queues: [requests, events])
     }
 
@@ -35,9 +34,14 @@ final class Guest {
     }
 
     func status(_ request: [UInt8]) -> Status? {
+        statusByte(request).flatMap(Status.init(rawValue:))
+    }
+
+    /// The status byte of the tail, or nil when the used length is not the 4-byte tail.
+    func statusByte(_ request: [UInt8]) -> UInt8? {
         let (used, reply) = send(request)
         guard used == 4 else { return nil }
-        return Status(rawValue: reply[0])
+        return reply[0]
     }
 
     /// Restarts the queues as a reset guest would: fresh rings at index 0.

@@ -35,51 +35,69 @@ extension Guest {
     }
 }
 
-/// Runs `vhost-iommu pasid …` and returns its standard output.
-func admin(_ arguments: [String]) throws -> String {
+/// What one run of the executable printed, and how it ended.
+struct CommandResult {
+    var status: Int32
+    var output: String
+    var errors: String
+}
+
+/// Runs the `vhost-iommu` executable with `arguments` and waits for it.
+func runDaemonCommand(_ arguments: [String]) throws -> CommandResult {
     let process = Process()
     process.executableURL = Daemon.executable
-    process.arguments = ["pasid"] + arguments
+    process.arguments = arguments
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
     process.standardError = err
     try process.run()
+    // Read both to their end before waiting (a full pipe would block the child), the second on its own thread.
+    let errors = ErrorCollector(err.fileHandleForReading)
     let data = out.fileHandleForReading.readDataToEndOfFile()
-    let errors = err.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    if process.terminationStatus != 0 { lastAdminError.set(String(decoding: errors, as: UTF8.self)) }
-    return String(decoding: data, as: UTF8.self)
+    return CommandResult(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self), errors: errors.text())
 }
 
-final class LastError: @unchecked Sendable {
-    private var lock = pthread_mutex_t()
-    private var text = ""
-    init() { pthread_mutex_init(&lock, nil) }
-    func set(_ t: String) { pthread_mutex_lock(&lock); text = t; pthread_mutex_unlock(&lock) }
-    var value: String { pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }; return text }
+/// Runs `vhost-iommu pasid …`.
+func admin(_ arguments: [String]) throws -> CommandResult { try runDaemonCommand(["pasid"] + arguments) }
+
+/// A pipe's contents, read to the end on a thread of its own.
+final class ErrorCollector: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private var data = Data()
+    init(_ handle: FileHandle) {
+        Thread.detachNewThread { [self] in
+            data = handle.readDataToEndOfFile()
+            done.signal()
+        }
+    }
+    func text() -> String {
+        done.wait()
+        return String(decoding: data, as: UTF8.self)
+    }
 }
-let lastAdminError = LastError()
 
 struct AdminFailure: Error, CustomStringConvertible {
     var description: String
 }
 
 func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
-    let output = try admin(["list", "--pasid-store", path, "--json"])
-    guard let list = try? JSONDecoder().decode([PASIDAllocation].self, from: Data(output.utf8)) else {
-        throw AdminFailure(description: "pasid list failed: \(lastAdminError.value)")
+    let result = try admin(["list", "--pasid-store", path, "--json"])
+    guard result.status == 0, let list = try? JSONDecoder().decode([PASIDAllocation].self, from: Data(result.output.utf8)) else {
+        throw AdminFailure(description: "pasid list failed (\(result.status)): \(result.errors)")
     }
     return list
 }
 
 /// The PASID extension end to end: the real daemon, a guest that negotiates F_PASID, the host-wide store.
 @Suite(.serialized) struct PASIDEndToEndTests {
+    // Spec: docs/pasid-extension.md §4 (requests, P6 on reset), §5 (PROBE property) and §6 (fault records).
     @Test func auxDomainsThroughTheRealDaemon() throws {
         let store = temporaryStore()
         defer { removeStore(store) }
         let daemon = try Daemon(["--endpoint", "0x10,pasid=8", "--endpoint", "0x18", "--pasid-store", store, "--vm", "vm-e2e", "--bypass", "off"])
         let guest = try Guest(daemon, acceptPASID: true)
-        #expect(guest.features & Features.pasid.rawValue != 0)
+        #expect(guest.features & IOMMUSpec.VIRTIO_IOMMU_F_PASID != 0)
         for _ in 0..<2 { guest.events.add(readable: [], writable: [24]) }
         guest.events.kickNow()
         // PROBE reports the PASID width after the MSI window.
@@ -115,6 +133,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         #expect(daemon.terminate() == 0)
     }
 
+    // Spec: docs/pasid-extension.md §4.4 ALLOC_PASID (quota reached: NOMEM) and §7 (a clean exit frees the VM's PASIDs).
     @Test func quotaExhaustionIsNOMEM() throws {
         let store = temporaryStore()
         defer { removeStore(store) }
@@ -129,6 +148,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         #expect(try storeAllocations(store).isEmpty)
     }
 
+    // Spec: docs/pasid-extension.md §7 "Owners": socket:<absolute socket path> by default.
     @Test func defaultOwnerIsDerivedFromTheSocketPath() throws {
         let store = temporaryStore()
         defer { removeStore(store) }
@@ -139,6 +159,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
     }
 
     // Two OS processes (two VMs) allocating at once from one store never get the same PASID.
+    // Spec: docs/pasid-extension.md §7 "Concurrency".
     @Test func twoDaemonsShareOneStore() throws {
         let store = temporaryStore()
         defer { removeStore(store) }
@@ -160,8 +181,9 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         #expect(Set(allocations.filter { $0.owner == "vm-a" }.map(\.pasid)) == Set(fromA))
     }
 
-    // SIGKILL in the middle of allocating: the store stays consistent, the dead VM's PASIDs are
-    // reclaimed, another VM's are untouched, and the killed VM can start again.
+    // SIGKILL in the middle of allocating (docs/pasid-extension.md §7, "Crashes" and "Reclaiming"): the
+    // store stays consistent, the dead VM's PASIDs are reclaimed, another VM's are untouched, and the
+    // killed VM can start again.
     @Test func sigkillDuringAllocation() throws {
         let store = temporaryStore()
         defer { removeStore(store) }
@@ -172,13 +194,18 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         let victim = try Daemon(["--pasid-store", store, "--vm", "vm-victim"])
         let victimGuest = UncheckedGuest(guest: try Guest(victim, acceptPASID: true))
         let worker = OSThread { for _ in 0..<50 { _ = victimGuest.guest.allocBatch(200, timeout: .seconds(1)) } }
-        // Kill it once it has allocated some.
+        // Kill it once it holds some (it only allocates: what the store lists it holds until it dies).
+        var victimHeld = 0
         let deadline = ContinuousClock.now + .seconds(20)
-        while (try storeAllocations(store)).count < 200 && ContinuousClock.now < deadline { usleep(5000) }
+        while victimHeld < 200 && ContinuousClock.now < deadline {
+            victimHeld = try storeAllocations(store).filter { $0.owner == "vm-victim" }.count
+        }
+        let aliveWhenKilled = victim.process.isRunning
         kill(victim.process.processIdentifier, SIGKILL)
-        victim.waitForExit()
+        #expect(victim.waitForExit() == 128 + SIGKILL)
         victimGuest.guest.frontend.disconnect()
         worker.join()
+        #expect(aliveWhenKilled && victimHeld >= 200, "the victim held \(victimHeld) PASIDs when it was killed")
         // Listing reclaims the dead owner's PASIDs; the survivor's are intact.
         let after = try storeAllocations(store)
         #expect(Set(after.map(\.owner)) == ["vm-survivor"])
@@ -196,14 +223,25 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         #expect(try storeAllocations(store).count == 11)
     }
 
+    // docs/pasid-extension.md §7, "Reclaiming": a second daemon cannot take a live owner's name, and an
+    // administrator cannot release a live owner's PASIDs; both refusals are errors that say why.
     @Test func secondDaemonCannotTakeALiveOwner() throws {
         let store = temporaryStore()
         defer { removeStore(store) }
         let first = try Daemon(["--pasid-store", store, "--vm", "vm-dup"])
+        let guest = try Guest(first, acceptPASID: true)
+        #expect(guest.allocPASID() == (.ok, 1))
+        let refusal = "owner vm-dup is held by live process \(first.process.processIdentifier)"
         let second = try Daemon(["--pasid-store", store, "--vm", "vm-dup"], waitForSocket: false)
-        #expect(second.waitForExit() != 0)
-        #expect(second.log.contains("held by live process \(first.process.processIdentifier)"))
-        #expect(try admin(["release", "--pasid-store", store, "--owner", "vm-dup"]).isEmpty)  // refused
+        #expect(second.waitForExit() == 1)  // a failure at start-up: EXIT_FAILURE
+        #expect(second.log.contains("vhost-iommu: " + refusal), "\(second.log)")
+        #expect(access(second.socketPath, F_OK) != 0)  // it never listened
+        let release = try admin(["release", "--pasid-store", store, "--owner", "vm-dup"])
+        #expect(release.status == 1)
+        #expect(release.errors == "vhost-iommu: " + refusal + "\n")
+        #expect(release.output.isEmpty)
+        #expect(try storeAllocations(store) == [PASIDAllocation(pasid: 1, owner: "vm-dup")])  // nothing released
+        #expect(first.process.isRunning)
     }
 }
 

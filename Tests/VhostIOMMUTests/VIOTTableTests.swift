@@ -4,6 +4,7 @@ import Testing
 
 /// The VIOT table for `-acpitable` (layout: shared/reference/real-qemu-guest.md §3, ACPI 6.5 §5.2.32).
 @Suite struct VIOTTableTests {
+    // Spec: ACPI 6.5 §5.2.32 (VIOT): header, virtio-pci IOMMU node, PCI range node, and the checksum (§5.2.6).
     @Test func defaultTableBytes() throws {
         let table = VIOTTable(iommuBDF: try #require(VIOTTable.bdf("00:02.0")), ranges: [.init(first: 0x0000, last: 0x00ff)])
         let expected: [UInt8] = [
@@ -27,6 +28,7 @@ import Testing
         #expect(table.bytes.reduce(UInt8(0), &+) == 0)  // the ACPI checksum
     }
 
+    // Spec: ACPI 6.5 §5.2.32: PCI range nodes; a BDF is (bus << 8) | (device << 3) | function.
     @Test func addressesAndRanges() throws {
         #expect(VIOTTable.bdf("00:03.0") == 24)   // endpoint 24, as in the README's example
         #expect(VIOTTable.bdf("01:1f.7") == 0x1ff)

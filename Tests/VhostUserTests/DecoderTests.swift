@@ -38,6 +38,7 @@ import Testing
         #expect(try decode(stream, cuts: Array(0...stream.count)).count == 4)
     }
 
+    // Spec: docs/vhost-user.md "Validation before dispatch": messages are read no further than the one in progress.
     @Test func bytesWantedNeverCrossesAMessage() throws {
         var decoder = MessageDecoder()
         #expect(decoder.bytesWanted == 12)
@@ -47,6 +48,7 @@ import Testing
     }
 
     // Header flags: version 1, no REPLY bit, no unknown bits; sizes bounded.
+    // Spec: vhost-user.rst "Header"; docs/vhost-user.md "Validation before dispatch" (1).
     @Test func fatalHeaders() {
         let badVersion = MessageHeader(request: 1, flags: 0x2, size: 0).bytes
         let replyBit = MessageHeader(request: 1, flags: 0x5, size: 0).bytes
@@ -63,6 +65,7 @@ import Testing
     }
 
     // Payload sizes are exact per message type.
+    // Spec: vhost-user.rst "Front-end message types" (payloads); docs/vhost-user.md "Validation before dispatch" (2).
     @Test func shapes() {
         let eight = [UInt8](repeating: 0, count: 8)
         eight.withUnsafeBytes { p in

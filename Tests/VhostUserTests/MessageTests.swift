@@ -5,26 +5,32 @@ import VhostUserTestSupport
 
 /// Every front-end message, well-formed and malformed (vhost-user.rst, "Front-end message types").
 @Suite struct MessageTests {
+    // Spec: vhost-user.rst "Feature negotiation"; docs/vhost-user.md "Offered features".
     @Test func featureNegotiation() throws {
         let h = try Harness()
         let features = try h.frontend.getFeatures()
-        // Offer the device's bits and exactly the transport bits the engine implements.
-        #expect(features == EchoDevice.featureA | EchoDevice.featureB | (1 << 28) | (1 << 29) | (1 << 30) | (1 << 32))
-        #expect(try h.frontend.getProtocolFeatures() == ProtocolFeatures.supported)
-        #expect(ProtocolFeatures.supported.rawValue == (1 << 0 | 1 << 3 | 1 << 5 | 1 << 9 | 1 << 13 | 1 << 15 | 1 << 16))
+        // Offer the device's bits and exactly the transport bits the engine implements (virtio 1.4 §6,
+        // vhost-user.rst "Feature negotiation"), and the protocol features it implements ("Protocol features").
+        typealias V = VirtioSpec
+        #expect(features == EchoDevice.featureA | EchoDevice.featureB | V.VIRTIO_F_INDIRECT_DESC | V.VIRTIO_F_EVENT_IDX
+                | V.VHOST_USER_F_PROTOCOL_FEATURES | V.VIRTIO_F_VERSION_1)
+        #expect(try h.frontend.getProtocolFeatures().rawValue == V.VHOST_USER_PROTOCOL_F_MQ | V.VHOST_USER_PROTOCOL_F_REPLY_ACK
+                | V.VHOST_USER_PROTOCOL_F_BACKEND_REQ | V.VHOST_USER_PROTOCOL_F_CONFIG | V.VHOST_USER_PROTOCOL_F_RESET_DEVICE
+                | V.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS | V.VHOST_USER_PROTOCOL_F_STATUS)
         try h.frontend.setProtocolFeatures(.supported)
         #expect(try h.frontend.getU64(.getQueueNum) == 2)
         #expect(try h.frontend.getU64(.getMaxMemSlots) == 32)
         // Unoffered bits are refused (with REPLY_ACK the refusal is visible).
         try h.frontend.send(.setFeatures, TestFrontend.bytes(UInt64(1) << 40), needReply: true)
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setFeatures)) != 0)
-        try h.frontend.send(.setFeatures, TestFrontend.bytes(EchoDevice.featureA | TransportFeatures.protocolFeatures), needReply: true)
+        try h.frontend.send(.setFeatures, TestFrontend.bytes(EchoDevice.featureA | VirtioSpec.VHOST_USER_F_PROTOCOL_FEATURES), needReply: true)
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setFeatures)) == 0)
         #expect(h.device.state.withLock { $0.negotiated } == EchoDevice.featureA)
         try h.frontend.send(.setProtocolFeatures, TestFrontend.bytes(UInt64(1) << 2), needReply: true)
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setProtocolFeatures)) != 0)
     }
 
+    // Spec: vhost-user.rst VHOST_USER_PROTOCOL_F_REPLY_ACK: a reply only when negotiated and asked for.
     @Test func replyAckOnlyWhenNegotiated() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures([.config])
@@ -36,6 +42,7 @@ import VhostUserTestSupport
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setOwner)) == 0)
     }
 
+    // Spec: vhost-user.rst "Protocol features": each message needs its feature; docs/vhost-user.md "Validation before dispatch" (2).
     @Test func protocolFeatureGating() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures([.replyAck])
@@ -50,6 +57,7 @@ import VhostUserTestSupport
         #expect(h.backend.statistics.refusedMessages == 4)
     }
 
+    // Spec: vhost-user.rst VHOST_USER_GET_CONFIG / SET_CONFIG; docs/vhost-user.md "How a device plugs in".
     @Test func configSpace() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures(.supported)
@@ -65,6 +73,7 @@ import VhostUserTestSupport
         #expect(try h.frontend.setConfig(offset: 7, [1, 1]) == false)
     }
 
+    // Spec: vhost-user.rst VHOST_USER_SET_STATUS / GET_STATUS (virtio 1.4 §2.1 status byte).
     @Test func statusRoundTrip() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures(.supported)
@@ -75,6 +84,7 @@ import VhostUserTestSupport
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setStatus)) != 0)
     }
 
+    // Spec: docs/vhost-user.md "Validation before dispatch" (2): refused, the connection goes on.
     @Test func unknownAndUnsupportedMessagesAreRefusedCleanly() throws {
         let h = try Harness()
         try h.frontend.setProtocolFeatures(.supported)
@@ -89,6 +99,7 @@ import VhostUserTestSupport
         #expect(try h.frontend.getFeatures() != 0)
     }
 
+    // Spec: docs/vhost-user.md "Validation before dispatch" (2): exact descriptor counts, unclaimed descriptors closed.
     @Test func wrongDescriptorCountsAreClosed() throws {
         let name = "vu-test-fdcount-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let h = try Harness()
@@ -110,12 +121,14 @@ import VhostUserTestSupport
         #expect(descriptorsReferring(to: name) == 0)
     }
 
+    // Spec: docs/vhost-user.md "Validation before dispatch" (1): a bad header ends the connection.
     @Test func badHeaderEndsTheConnection() throws {
         let h = try Harness()
         try h.frontend.sendRaw(MessageHeader(request: 1, flags: 0x2, size: 0).bytes)
         #expect(h.finish() == .disconnected)
     }
 
+    // Spec: docs/vhost-user.md "When the device is reset": a disconnect resets; nothing of the message leaks.
     @Test func disconnectInTheMiddleOfAMessage() throws {
         let name = "vu-test-midmsg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let h = try Harness()
@@ -133,6 +146,7 @@ import VhostUserTestSupport
         #expect(descriptorsReferring(to: name) == 0)
     }
 
+    // Spec: docs/vhost-user.md "How a device plugs in": requestStop() from another thread ends serving.
     @Test func stopRequestEndsServing() throws {
         let h = try Harness()
         _ = try h.frontend.getFeatures()
