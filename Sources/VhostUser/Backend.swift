@@ -433,8 +433,8 @@ public final class VhostUserBackend: @unchecked Sendable {
             guard let (error, generation) = queue.suspectedError else { continue }
             queue.suspectedError = nil
             if generation == queue.generation && queue.started {
+                record { $0.ringErrors += 1 }  // counted before the error eventfd tells anyone
                 queue.markBroken(error)
-                record { $0.ringErrors += 1 }
                 warnAboutInput("queue \(queue.index) stopped until reset: \(error)")
             } else {
                 record { $0.ringErrorsExplained += 1 }
