@@ -7,7 +7,7 @@ import Testing
 /// daemon end to end. The guest binds idle PCI devices to vfio-pci and maps and unmaps buffers through
 /// VFIO, so every MAP and UNMAP comes from Linux's own virtio-iommu driver.
 @Suite(.serialized, .enabled(if: GuestFiles.unavailableReason == nil, "\(GuestFiles.unavailableReason ?? "")"))
-struct RealGuestTests {
+struct RealGuestTests: GuestWorkload {
     /// pci-testdev at 00:03.0 and edu at 00:04.0: idle devices that never do DMA of their own.
     static let workloadBDF = "0000:00:03.0", workloadEndpoint = 0x18   // requester ID (0 << 8) | (3 << 3) | 0
     static let removedBDF = "0000:00:04.0", removedEndpoint = 0x20
@@ -191,64 +191,6 @@ struct RealGuestTests {
 
     // MARK: Helpers
 
-    private func bindVFIO(_ machine: Machine, _ bdf: String) throws -> Int {
-        let lines = try machine.run("bind_vfio \(bdf)")
-        let group = lines.first { $0.hasPrefix("@@BOUND \(bdf) ") }.flatMap { Int($0.split(separator: " ").last ?? "") }
-        return try #require(group, "\(bdf) did not join an iommu group: \(lines)\n\(machine.log)")
-    }
-
-    /// Runs vfio-dma and returns its key=value report.
-    private func vfioRun(_ machine: Machine, group: Int, _ buffers: Int, _ iterations: Int) throws -> [String: String] {
-        let lines = try machine.run("vfio-dma \(group) \(buffers) 4096 \(iterations)")
-        let report = try #require(lines.first { $0.hasPrefix("@@VFIO ") }, "\(lines)")
-        var fields: [String: String] = [:]
-        for field in report.split(separator: " ").dropFirst() {
-            let parts = field.split(separator: "=", maxSplits: 1)
-            if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
-        }
-        #expect(fields["status"] == "ok", "\(report)")
-        return fields
-    }
-
-    /// The run's guest-visible rate; a run that reports none fails the test (it is never taken as 0).
-    private func rate(_ result: [String: String]) throws -> Double {
-        let rate = try #require(result["pairs_per_second"].flatMap(Double.init), "no pairs_per_second in \(result)")
-        try #require(rate > 0 && rate.isFinite, "pairs_per_second \(rate) in \(result)")
-        return rate
-    }
-
-    private func requestCounts(_ daemon: Daemon) throws -> [String: Int] {
-        let requests = (try daemon.stats()["requests"] as? [[String: Any]]) ?? []
-        var counts: [String: Int] = [:]
-        for r in requests {
-            if let type = r["type"] as? String, let status = r["status"] as? String, let n = r["count"] as? Int {
-                counts["\(type)/\(status)"] = n
-            }
-        }
-        if let unanswered = try daemon.stats()["unanswered"] as? Int, unanswered > 0 { counts["unanswered/-"] = unanswered }
-        return counts
-    }
-
-    private func failures(_ counts: [String: Int]) -> [String: Int] { counts.filter { !$0.key.hasSuffix("/OK") } }
-
-    private func delta(_ after: [String: Int], _ before: [String: Int], _ key: String) -> Int {
-        (after[key] ?? 0) - (before[key] ?? 0)
-    }
-
-    private func stat(_ daemon: Daemon, _ key: String) throws -> Int { (try daemon.stats()[key] as? Int) ?? -1 }
-
-    private struct DomainState: Equatable, CustomStringConvertible {
-        var id: Int, endpoints: [Int], mappings: Int
-        var description: String { "domain \(id) endpoints \(endpoints) mappings \(mappings)" }
-    }
-
-    private func domains(_ daemon: Daemon) throws -> [DomainState] {
-        let list = (try daemon.control(#"{"op":"domains"}"#)["domains"] as? [[String: Any]]) ?? []
-        return list.map {
-            DomainState(id: $0["id"] as? Int ?? -1, endpoints: $0["endpoints"] as? [Int] ?? [], mappings: $0["mappings"] as? Int ?? -1)
-        }
-    }
-
     private func runDaemonTool(_ arguments: [String]) throws {
         let process = Process()
         process.executableURL = Self.daemonExecutable
@@ -258,5 +200,4 @@ struct RealGuestTests {
         try #require(process.terminationStatus == 0, "vhost-iommu \(arguments.joined(separator: " "))")
     }
 
-    private func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 }
