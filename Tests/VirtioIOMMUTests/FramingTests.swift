@@ -42,16 +42,7 @@ import Testing
     @Test(arguments: RequestType.allCases)
     func shortBody(type: RequestType) {
         var device = makePASIDDevice()
-        let full: [UInt8] = switch type {
-        case .attach: AttachRequest(domain: 1, endpoint: plainEndpoint).encoded
-        case .detach: DetachRequest(domain: 1, endpoint: plainEndpoint).encoded
-        case .map: MapRequest(domain: 1, virtualStart: 0, virtualEnd: 0xfff, physicalStart: 0, flags: 1).encoded
-        case .unmap: UnmapRequest(domain: 1, virtualStart: 0, virtualEnd: 0xfff).encoded
-        case .probe: ProbeRequest(endpoint: plainEndpoint).encoded
-        case .attachPASID, .detachPASID: PASIDAttachmentRequest(domain: 1, endpoint: plainEndpoint, pasid: 1).encoded(type)
-        case .allocPASID: AllocPASIDRequest().encoded
-        case .freePASID: FreePASIDRequest(pasid: 1).encoded
-        }
+        let full = wellFormedRequest(type)
         // Readable sizes from the layouts (§5.13.6.3–§5.13.6.7, docs/pasid-extension.md §4).
         let specSize: [RequestType: Int] = [.attach: 20, .detach: 20, .map: 36, .unmap: 28, .probe: 72,
                                             .attachPASID: 28, .detachPASID: 28, .allocPASID: 20, .freePASID: 20]

@@ -69,3 +69,17 @@ func makePASIDDevice(store: (any PASIDAllocator)? = nil, owner: String = "vm-tes
     device.negotiate(configuration.features)
     return device
 }
+
+/// A well-formed request of each type, for a device from `makePASIDDevice()`.
+func wellFormedRequest(_ type: RequestType) -> [UInt8] {
+    switch type {
+    case .attach: AttachRequest(domain: 1, endpoint: plainEndpoint).encoded
+    case .detach: DetachRequest(domain: 1, endpoint: plainEndpoint).encoded
+    case .map: MapRequest(domain: 1, virtualStart: 0x1000, virtualEnd: 0x1fff, physicalStart: 0, flags: 3).encoded
+    case .unmap: UnmapRequest(domain: 1, virtualStart: 0x1000, virtualEnd: 0x1fff).encoded
+    case .probe: ProbeRequest(endpoint: msiEndpoint).encoded
+    case .attachPASID, .detachPASID: PASIDAttachmentRequest(domain: 2, endpoint: plainEndpoint, pasid: 1).encoded(type)
+    case .allocPASID: AllocPASIDRequest().encoded
+    case .freePASID: FreePASIDRequest(pasid: 1).encoded
+    }
+}

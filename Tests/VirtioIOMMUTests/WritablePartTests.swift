@@ -22,20 +22,6 @@ func handleChain(_ device: inout Device, _ request: [UInt8], writableSizes: [Int
     /// The slack beyond what a reply owes that the model still answers (docs/device-behaviour.md).
     static let slack = 64 * 1024
 
-    /// A well-formed request of each type, for a device from `makePASIDDevice()`.
-    static func request(_ type: RequestType) -> [UInt8] {
-        switch type {
-        case .attach: AttachRequest(domain: 1, endpoint: plainEndpoint).encoded
-        case .detach: DetachRequest(domain: 1, endpoint: plainEndpoint).encoded
-        case .map: MapRequest(domain: 1, virtualStart: 0x1000, virtualEnd: 0x1fff, physicalStart: 0, flags: 3).encoded
-        case .unmap: UnmapRequest(domain: 1, virtualStart: 0x1000, virtualEnd: 0x1fff).encoded
-        case .probe: ProbeRequest(endpoint: msiEndpoint).encoded
-        case .attachPASID, .detachPASID: PASIDAttachmentRequest(domain: 2, endpoint: plainEndpoint, pasid: 1).encoded(type)
-        case .allocPASID: AllocPASIDRequest().encoded
-        case .freePASID: FreePASIDRequest(pasid: 1).encoded
-        }
-    }
-
     /// The writable bytes each reply owes, from the layouts: the 4-byte tail (§5.13.6); PROBE's
     /// properties[probe_size] before it (§5.13.6.7; the test devices' probe_size is 512); ALLOC_PASID's
     /// le32 pasid and reserved[4] before it (docs/pasid-extension.md §4).
@@ -55,16 +41,16 @@ func handleChain(_ device: inout Device, _ request: [UInt8], writableSizes: [Int
         #expect(Device.maxWritableSlack == Self.slack)
         var device = makePASIDDevice()
         let size = Self.owed(type) + Self.slack + 1
-        let (used, buffers) = handleChain(&device, Self.request(type), writableSizes: [size])
+        let (used, buffers) = handleChain(&device, wellFormedRequest(type), writableSizes: [size])
         #expect(used == 0)
         #expect(buffers[0].allSatisfy { $0 == 0xAA })
         #expect(device.counters.count(type) == 0)  // not executed
         #expect(device.domains.isEmpty && device.heldPASIDs.isEmpty)
         #expect(device.counters.unanswered == 1 && device.counters.oversizedWritableParts == 1)
         // Split across buffers, the total counts.
-        let (splitUsed, split) = handleChain(&device, Self.request(type), writableSizes: [3, size - 3])
+        let (splitUsed, split) = handleChain(&device, wellFormedRequest(type), writableSizes: [3, size - 3])
         #expect(splitUsed == 0 && split.allSatisfy { $0.allSatisfy { $0 == 0xAA } })
-        let (usedAtBound, _) = handleChain(&device, Self.request(type), writableSizes: [size - 1])
+        let (usedAtBound, _) = handleChain(&device, wellFormedRequest(type), writableSizes: [size - 1])
         #expect(usedAtBound == size - 1)
         #expect(device.counters.count(type) == 1)
     }
@@ -74,7 +60,7 @@ func handleChain(_ device: inout Device, _ request: [UInt8], writableSizes: [Int
     // driver accepts a reply only then).
     @Test func slackWithinTheBoundIsZeroed() {
         var device = makePASIDDevice()
-        let (used, buffers) = handleChain(&device, Self.request(.attach), writableSizes: [1000, 4 + Self.slack - 1000])
+        let (used, buffers) = handleChain(&device, wellFormedRequest(.attach), writableSizes: [1000, 4 + Self.slack - 1000])
         #expect(used == 4 + Self.slack)
         let flat = buffers.flatMap { $0 }
         #expect(flat[0..<Self.slack].allSatisfy { $0 == 0 })
@@ -86,7 +72,7 @@ func handleChain(_ device: inout Device, _ request: [UInt8], writableSizes: [Int
     @Test func probeWithSlackZeroFillsUpToTheTail() {
         var device = makePASIDDevice()
         let size = 516 + Self.slack
-        let (used, buffers) = handleChain(&device, Self.request(.probe), writableSizes: [30, size - 30])
+        let (used, buffers) = handleChain(&device, wellFormedRequest(.probe), writableSizes: [30, size - 30])
         #expect(used == size)
         let flat = buffers.flatMap { $0 }
         #expect(ResvMemProperty.parse(Array(flat[0..<512])) == [.x86MSIWindow])
@@ -99,7 +85,7 @@ func handleChain(_ device: inout Device, _ request: [UInt8], writableSizes: [Int
     @Test func allocPASIDWithSlackZeroFillsUpToTheTail() {
         var device = makePASIDDevice()
         let size = 12 + Self.slack
-        let (used, buffers) = handleChain(&device, Self.request(.allocPASID), writableSizes: [size])
+        let (used, buffers) = handleChain(&device, wellFormedRequest(.allocPASID), writableSizes: [size])
         #expect(used == size)
         #expect(buffers[0].le(UInt32.self, at: 0) == 1)
         #expect(buffers[0][4..<(size - 4)].allSatisfy { $0 == 0 })
@@ -109,7 +95,7 @@ func handleChain(_ device: inout Device, _ request: [UInt8], writableSizes: [Int
     // D8, D36, §5.13.6.1 and docs/device-behaviour.md "Framing": every path that completes a request with
     // used length 0 leaves the writable part untouched, whole or split, and changes no state.
     @Test func usedLengthZeroLeavesTheWritablePartUntouched() {
-        let attach = Self.request(.attach)
+        let attach = wellFormedRequest(.attach)
         // Feature bits by number (virtio 1.4 §5.13.3): MAP_UNMAP = 2, PROBE = 4, BYPASS_CONFIG = 6; PASID = 63.
         let noFeatures = Features(rawValue: 0)
         let mapUnmapOnly = Features(rawValue: 1 << 2)
@@ -120,13 +106,13 @@ func handleChain(_ device: inout Device, _ request: [UInt8], writableSizes: [Int
             ("no readable head", allButPASID, [1, 0, 0], 64),
             ("no readable part", allButPASID, [], 64),
             ("no room for the tail (§5.13.6.1)", allButPASID, attach, 3),
-            ("MAP without F_MAP_UNMAP", noFeatures, Self.request(.map), 64),
-            ("UNMAP without F_MAP_UNMAP", noFeatures, Self.request(.unmap), 64),
-            ("PROBE without F_PROBE (D36)", mapUnmapOnly, Self.request(.probe), 600),
-            ("ATTACH_PASID without F_PASID", allButPASID, Self.request(.attachPASID), 64),
-            ("DETACH_PASID without F_PASID", allButPASID, Self.request(.detachPASID), 64),
-            ("ALLOC_PASID without F_PASID", allButPASID, Self.request(.allocPASID), 64),
-            ("FREE_PASID without F_PASID", allButPASID, Self.request(.freePASID), 64),
+            ("MAP without F_MAP_UNMAP", noFeatures, wellFormedRequest(.map), 64),
+            ("UNMAP without F_MAP_UNMAP", noFeatures, wellFormedRequest(.unmap), 64),
+            ("PROBE without F_PROBE (D36)", mapUnmapOnly, wellFormedRequest(.probe), 600),
+            ("ATTACH_PASID without F_PASID", allButPASID, wellFormedRequest(.attachPASID), 64),
+            ("DETACH_PASID without F_PASID", allButPASID, wellFormedRequest(.detachPASID), 64),
+            ("ALLOC_PASID without F_PASID", allButPASID, wellFormedRequest(.allocPASID), 64),
+            ("FREE_PASID without F_PASID", allButPASID, wellFormedRequest(.freePASID), 64),
             ("oversized writable part", allButPASID, attach, 4 + Self.slack + 1),
         ]
         for (name, features, request, size) in cases {
