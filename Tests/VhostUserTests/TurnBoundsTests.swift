@@ -39,6 +39,22 @@ import VhostUserTestSupport
         #expect(used?.length == 2 && reply == [2, 1])
     }
 
+    // A guest that sends nothing but bad chains (§2.7.5.3.1: here, chains longer than the queue) gets
+    // each one completed with used length 0, but only the first 20 are logged in the minute; the rest
+    // are counted, so the log cannot grow with what the guest sends.
+    @Test func badChainFloodLogsABoundedNumberOfWarnings() throws {
+        let h = try Harness(queueSize: 256)
+        try h.start()
+        let q = h.queues[0]
+        for _ in 0..<5 {
+            for _ in 0..<20 { q.add(readable: (0..<256).map { [UInt8($0)] }, writable: [4], indirect: true) }
+            q.kickNow()
+            #expect(q.waitForUsed(20).allSatisfy { $0.length == 0 })
+        }
+        #expect(h.backend.statistics.badChains == 100)
+        #expect(h.backend.statistics.warningsSuppressed == 80)
+    }
+
     @Test func warningsFromInputAreRateLimited() {
         var limiter = LogRateLimiter(burst: 3, window: .seconds(10))
         let start = ContinuousClock.now
