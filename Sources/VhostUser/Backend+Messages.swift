@@ -11,6 +11,10 @@ extension VhostUserBackend {
         record { $0.messages += 1 }
         let header = message.header
         let request = message.request
+        if request == nil && header.request >= DeviceRequest.firstID {
+            handleDeviceRequest(message)
+            return
+        }
         logger.debug("message", metadata: ["request": "\(request.map(\.name) ?? "\(header.request)")",
                                             "size": "\(header.size)", "fds": "\(message.descriptors.count)"])
         var body: [UInt8]?
@@ -31,6 +35,27 @@ extension VhostUserBackend {
             var status: UInt64 = failure == nil ? 0 : 1
             send(MessageHeader(request: reply.request, flags: reply.flags, size: 8), withUnsafeBytes(of: &status) { Array($0) })
         }
+    }
+
+    /// A request of the device's own: it must ask for a reply under REPLY_ACK (QEMU's helper always
+    /// does), because its reply is the only way the front-end learns the outcome. Refused otherwise,
+    /// or when the device refuses it: an 8-byte nonzero status, as REPLY_ACK's NACK.
+    private func handleDeviceRequest(_ message: consuming Message) {
+        let header = message.header
+        var reply: [UInt8]?
+        if header.needsReply && protocolFeatures.contains(.replyAck) {
+            reply = device.handleDeviceRequest(header.request, payload: message.payload, descriptors: &message.descriptors)
+        }
+        guard let reply else {
+            record { $0.refusedMessages += 1 }
+            warnAboutInput("refused: device request 0x\(String(header.request, radix: 16))")
+            if header.needsReply && protocolFeatures.contains(.replyAck) {
+                let status: UInt64 = 1
+                send(MessageHeader(request: header.request, flags: MessageHeader.replyFlags, size: 8), withUnsafeBytes(of: status) { Array($0) })
+            }
+            return
+        }
+        send(MessageHeader(request: header.request, flags: MessageHeader.replyFlags, size: UInt32(reply.count)), reply)
     }
 
     /// Payload size and descriptor count for the message type, and the protocol feature it needs.

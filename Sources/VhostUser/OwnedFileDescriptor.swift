@@ -29,8 +29,8 @@ public struct ReceivedDescriptors: ~Copyable {
 
     public var count: Int { raw.count }
 
-    /// Takes ownership of the descriptor at `index`.
-    mutating func take(_ index: Int) -> OwnedFileDescriptor {
+    /// Takes ownership of the descriptor at `index`; the rest are closed with the message.
+    public mutating func take(_ index: Int) -> OwnedFileDescriptor {
         let fd = raw[index]
         raw[index] = -1
         return OwnedFileDescriptor(raw: fd)

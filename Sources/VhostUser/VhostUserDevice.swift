@@ -37,9 +37,24 @@ public protocol VhostUserDevice: AnyObject {
     func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void)
     /// Returns the device to its initial state (guest reset, RESET_DEVICE or front-end disconnect).
     func reset()
+    /// A front-end request of the device's own (`DeviceRequest.firstID` and above: QEMU's
+    /// VHOST_USER_DEVICE_REQUEST_MIN), after the engine checked that it asks for a reply. Returns the
+    /// reply's payload, or nil to refuse it (the front-end then reads a nonzero 8-byte status).
+    /// Descriptors the device does not `take` are closed. The default refuses every such request.
+    func handleDeviceRequest(_ request: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors) -> [UInt8]?
+}
+
+/// Requests a device defines for itself, outside the ids vhost-user.rst assigns.
+public enum DeviceRequest {
+    /// The first id of the device-specific range (QEMU patch 0001, `VHOST_USER_DEVICE_REQUEST_MIN`).
+    public static let firstID: UInt32 = 0x10000
 }
 
 extension VhostUserDevice {
+    public func handleDeviceRequest(_ request: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors) -> [UInt8]? {
+        nil
+    }
+
     public func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
         drain { readable, writable in process(queue: queue, readable: readable, writable: writable) }
     }

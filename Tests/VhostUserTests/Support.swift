@@ -67,6 +67,21 @@ final class EchoDevice: VhostUserDevice, @unchecked Sendable {
     }
 
     func reset() { state.withLock { $0.resets += 1; $0.events = [] } }
+
+    /// Device request 0x10001 answers its payload reversed, then how many descriptors came and how
+    /// many 256-byte units the first one's file holds; it keeps the first descriptor, leaving the rest to the
+    /// engine. Any other device request is refused.
+    static let echoRequest: UInt32 = 0x10001
+    func handleDeviceRequest(_ request: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors) -> [UInt8]? {
+        guard request == Self.echoRequest else { return nil }
+        var size: UInt8 = 0
+        if descriptors.count > 0 {
+            let kept = descriptors.take(0)
+            var info = stat()
+            if fstat(kept.rawValue, &info) == 0 { size = UInt8(truncatingIfNeeded: info.st_size >> 8) }
+        }
+        return payload.reversed() + [UInt8(descriptors.count), size]
+    }
     var mostChainsPerCall: Int { state.withLock { $0.mostChainsPerCall } }
 
     var resets: Int { state.withLock { $0.resets } }
