@@ -448,7 +448,10 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// The turn goes in batches (one device call each, so one lock hold in a device that locks per
     /// call) and ends when the ring is empty, or after `chainBudget` chains or `turnTimeLimit`.
     func process(_ queue: Virtqueue) {
-        guard queue.isRunnable else { return }
+        // A disabled ring is left alone: completing its chains with length 0 would fail the guest's
+        // requests and return its event buffers empty (QEMU kicks before it enables). Enabling it
+        // processes what is pending (`resumeIfPending`).
+        guard queue.isRunnable, queue.enabled else { return }
         if !queue.isResolved {
             do { try queue.resolve(in: memory) } catch { ringFailed(queue, error); return }
         }
@@ -469,7 +472,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             do {
                 while true {
                     while handled < batchEnd && queue.descriptorsWalked &- walkedAtStart < Self.lockBatchDescriptors {
-                        if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { break }
+                        if onDemand && !device.hasPendingWork(queue: queue.index) { break }
                         guard let (head, chainError) = try queue.popChain(memory: memory) else { break }
                         handled += 1
                         var length = 0
@@ -477,7 +480,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                             queue.countBadChain()
                             record { $0.badChains += 1 }
                             warnAboutInput("queue \(queue.index): bad chain at head \(head): \(chainError)")
-                        } else if queue.enabled {
+                        } else {
                             length = queue.withChain(handle)
                         }
                         queue.pushUsed(head: head, length: UInt32(clamping: length))
@@ -486,7 +489,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                     queue.publishUsed()
                     if handled >= batchEnd || queue.descriptorsWalked &- walkedAtStart >= Self.lockBatchDescriptors { return }
                     guard try queue.armKick() else { ringEmpty = true; return }
-                    if onDemand && queue.enabled && !device.hasPendingWork(queue: queue.index) { ringEmpty = true; return }
+                    if onDemand && !device.hasPendingWork(queue: queue.index) { ringEmpty = true; return }
                 }
             } catch {
                 queue.publishUsed()  // what completed before the ring error stands
