@@ -45,6 +45,8 @@ extension VhostUserBackend {
         var reply: [UInt8]?
         if header.needsReply && protocolFeatures.contains(.replyAck) {
             reply = device.handleDeviceRequest(header.request, payload: message.payload, descriptors: &message.descriptors)
+            watchDeviceDescriptors()
+            releaseWaitingCompletions()
         }
         guard let reply else {
             record { $0.refusedMessages += 1 }
@@ -277,6 +279,11 @@ extension VhostUserBackend {
     /// GET_VRING_BASE: stops the ring (every chain it popped has completed: handling is synchronous)
     /// and returns the next avail index.
     private func stop(_ queue: Virtqueue) -> [UInt8] {
+        // The front-end must find every request it took completed; a waiting one is completed now.
+        if queue.waitingCompletion != nil {
+            device.completionForced(queue: queue.index)
+            completeWaiting(queue)
+        }
         // A ring stopped while polling had kicks off would leave the resumed driver never kicking.
         if queue.kicksSuppressed { _ = try? queue.setKicks(enabled: true) }
         queue.started = false

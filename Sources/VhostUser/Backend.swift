@@ -78,12 +78,16 @@ public final class VhostUserBackend: @unchecked Sendable {
     var disconnectRequested = false
     /// Whether the connection is watched for writability (replies pending) instead of input.
     private var waitingToWrite = false
+    /// Descriptors watched for the device, in the order of its `watchedDescriptors` (tokens follow it).
+    var watched: [FileDescriptor] = []
     /// Warnings caused by guest or front-end input (bad chains, refused messages, ring errors).
     private var inputWarnings = LogRateLimiter(burst: 20, window: .seconds(60))
 
     static let connectionToken: UInt64 = 2
     static let listenerToken: UInt64 = 3
     static let kickTokenBase: UInt64 = 100
+    /// Tokens of the descriptors a device asked the loop to watch (`watchedDescriptors`).
+    static let watchedTokenBase: UInt64 = 1_000
     /// Chains handled per queue per wake-up before other descriptors get a turn.
     static let chainBudget = 4096
     /// How long one queue's turn may run before the socket and other queues get a turn: bounds how
@@ -169,6 +173,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         connection = fd
         disconnectRequested = false
         waitingToWrite = false
+        watchDeviceDescriptors()
         defer {
             loop.remove(fd)
             connection = nil
@@ -211,12 +216,15 @@ public final class VhostUserBackend: @unchecked Sendable {
                         readMessages()
                     }
                 default:
-                    if token >= Self.kickTokenBase, Int(token - Self.kickTokenBase) < queues.count {
+                    if token >= Self.watchedTokenBase {
+                        watchedDescriptorReady(token: token)
+                    } else if token >= Self.kickTokenBase, Int(token - Self.kickTokenBase) < queues.count {
                         kicked(queues[Int(token - Self.kickTokenBase)])
                     }
                 }
                 if disconnectRequested { return .disconnected }
             }
+            releaseWaitingCompletions()
             // A ring anomaly counts only once the messages already sent are handled (a reset explains it).
             settleSuspectedRings()
             if disconnectRequested { return .disconnected }
@@ -282,6 +290,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         ackedFeatures = 0
         protocolFeatures = []
         backendChannel = nil
+        watchDeviceDescriptors()
         if let dropped = inputWarnings.takeSuppressions() {
             logger.warning("\(dropped) more warnings about guest or front-end input were suppressed")
         }
@@ -312,6 +321,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         status = 0
         polling = AdaptivePolling(maximumNanoseconds: polling.maximum)  // a fresh device has not polled yet
         device.reset()
+        watchDeviceDescriptors()
     }
 
     // MARK: Socket I/O
@@ -482,6 +492,13 @@ public final class VhostUserBackend: @unchecked Sendable {
                             warnAboutInput("queue \(queue.index): bad chain at head \(head): \(chainError)")
                         } else {
                             length = queue.withChain(handle)
+                            if !onDemand && device.completionMustWait(queue: queue.index) {
+                                // Head-of-line: this completion and every later chain wait for the device.
+                                queue.waitingCompletion = (head, UInt32(clamping: length))
+                                queue.publishUsed()
+                                ringEmpty = true
+                                return
+                            }
                         }
                         queue.pushUsed(head: head, length: UInt32(clamping: length))
                         if handled % Self.usedBatch == 0 { queue.publishUsed() }

@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// The device-readable and device-writable parts of one chain, as views into guest memory that are
 /// valid for the duration of the call.
 public typealias ChainReadable = UnsafeBufferPointer<UnsafeRawBufferPointer>
@@ -42,6 +44,25 @@ public protocol VhostUserDevice: AnyObject {
     /// reply's payload, or nil to refuse it (the front-end then reads a nonzero 8-byte status).
     /// Descriptors the device does not `take` are closed. The default refuses every such request.
     func handleDeviceRequest(_ request: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors) -> [UInt8]?
+
+    // MARK: Completions that wait (all from the loop thread, never under the device's own lock)
+
+    /// Asked right after the device handled a chain of an `.onKick` queue: whether its completion must
+    /// wait, for example until another process acknowledged what the request changed. The engine then
+    /// keeps the used entry back and takes no further chain from that queue (head-of-line) until
+    /// `completionMayProceed(queue:)` is true. Default: never.
+    func completionMustWait(queue: Int) -> Bool
+    /// Whether the waiting completion of `queue` may be published now. Asked after every readable
+    /// watched descriptor, device request and loop turn while a completion waits. Default: yes.
+    func completionMayProceed(queue: Int) -> Bool
+    /// The engine completes the waiting request of `queue` without the device's consent: the ring is
+    /// being stopped (GET_VRING_BASE), and the front-end must see every request it took completed.
+    func completionForced(queue: Int)
+    /// Descriptors the engine watches for the device (for example an acknowledgement eventfd); read again
+    /// after every device request, reset and disconnect. Default: none.
+    var watchedDescriptors: [FileDescriptor] { get }
+    /// One of `watchedDescriptors` is readable; the device consumes what made it so.
+    func watchedDescriptorReady(_ descriptor: FileDescriptor)
 }
 
 /// Requests a device defines for itself, outside the ids vhost-user.rst assigns.
@@ -54,6 +75,12 @@ extension VhostUserDevice {
     public func handleDeviceRequest(_ request: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors) -> [UInt8]? {
         nil
     }
+
+    public func completionMustWait(queue: Int) -> Bool { false }
+    public func completionMayProceed(queue: Int) -> Bool { true }
+    public func completionForced(queue: Int) {}
+    public var watchedDescriptors: [FileDescriptor] { [] }
+    public func watchedDescriptorReady(_ descriptor: FileDescriptor) {}
 
     public func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
         drain { readable, writable in process(queue: queue, readable: readable, writable: writable) }

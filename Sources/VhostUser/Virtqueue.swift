@@ -60,6 +60,9 @@ final class Virtqueue {
     /// A ring error seen but not yet declared: it stands only if no message waiting in the socket
     /// (a reset, a stop) explains it. The queue is not processed meanwhile.
     var suspectedError: (error: RingError, generation: UInt64)?
+    /// A handled chain whose completion the device asked to keep back (`completionMustWait`); no
+    /// further chain is taken from the ring until it is published.
+    var waitingCompletion: (head: UInt16, length: UInt32)?
     /// The base GET_VRING_BASE last returned, to tell a guest reset from a pause at the next start.
     var lastStoppedBase: UInt16?
 
@@ -94,7 +97,7 @@ final class Virtqueue {
 
     var isBroken: Bool { ringError != nil }
     /// Whether chains may be taken from the ring now (started, sound, no error under suspicion).
-    var isRunnable: Bool { started && ringError == nil && suspectedError == nil }
+    var isRunnable: Bool { started && ringError == nil && suspectedError == nil && waitingCompletion == nil }
     var isResolved: Bool { descriptors != nil }
 
     /// Back to the state after reset: stopped, disabled, no addresses, no descriptors.
@@ -106,6 +109,7 @@ final class Virtqueue {
         publishedUsedIndex = 0
         restartsFresh = false
         suspectedError = nil
+        waitingCompletion = nil
         lastStoppedBase = nil
         started = false
         enabled = false

@@ -17,6 +17,12 @@ final class EchoDevice: VhostUserDevice, @unchecked Sendable {
         var processed = 0
         /// The most chains one `processChains` call handled (one lock hold in a locking device).
         var mostChainsPerCall = 0
+        /// A request starting with `waitMarker` must wait for `acknowledgement` (completionMustWait).
+        var lastRequestWaits = false
+        var acknowledged = false
+        var forcedCompletions = 0
+        /// Off unless a test turns it on: other tests send arbitrary bytes, the marker among them.
+        var waitsEnabled = false
     }
 
     let state = Mutex(State())
@@ -53,9 +59,35 @@ final class EchoDevice: VhostUserDevice, @unchecked Sendable {
             output.withUnsafeBytes { part.baseAddress!.copyMemory(from: $0.baseAddress! + written, byteCount: n) }
             written += n
         }
-        state.withLock { $0.processed += 1 }
+        state.withLock {
+            $0.processed += 1
+            if queue == 0 && $0.waitsEnabled && input.first == Self.waitMarker { $0.lastRequestWaits = true; $0.acknowledged = false }
+        }
         return written
     }
+
+    /// With `waitsEnabled`, requests that start with this byte complete only after `acknowledge()` (or a
+    /// forced completion).
+    static let waitMarker: UInt8 = 0xEE
+    /// The eventfd the engine watches for this device; `acknowledge()` signals it.
+    let acknowledgement = OwnedFileDescriptor(try! SystemCall.eventFD())
+    var watchedDescriptors: [FileDescriptor] { [acknowledgement.descriptor] }
+
+    func completionMustWait(queue: Int) -> Bool {
+        state.withLock { s in
+            defer { s.lastRequestWaits = false }
+            return s.lastRequestWaits
+        }
+    }
+    func completionMayProceed(queue: Int) -> Bool { state.withLock { $0.acknowledged } }
+    func completionForced(queue: Int) { state.withLock { $0.forcedCompletions += 1 } }
+    func watchedDescriptorReady(_ descriptor: FileDescriptor) {
+        SystemCall.drain(descriptor)
+        state.withLock { $0.acknowledged = true }
+    }
+    func acknowledge() { SystemCall.signal(acknowledgement.descriptor) }
+    var forcedCompletions: Int { state.withLock { $0.forcedCompletions } }
+    func enableWaits() { state.withLock { $0.waitsEnabled = true } }
 
     func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
         var chains = 0
