@@ -70,8 +70,8 @@ public struct LogProgress: Hashable, Sendable {
 ///
 /// It knows nothing of the device model: the daemon turns the model's state changes into `stage` calls,
 /// one per change, and `commit`s when the request completes.
-public struct LogWriter<Memory: RegionMemory> {
-    public let memory: Memory
+public struct LogWriter {
+    public let memory: any RegionMemory
     public let layout: RegionLayout
     public let capabilities: FrontendCapabilities
     public private(set) var epoch: UInt32
@@ -91,7 +91,7 @@ public struct LogWriter<Memory: RegionMemory> {
     public var backlogThreshold: UInt64 { min(4096, UInt64(layout.logEntries / 2)) }
 
     /// Starts a session (SET_REGION): publishes `tail = startIndex`. The layout must be validated.
-    public init(memory: Memory, layout: RegionLayout, capabilities: FrontendCapabilities,
+    public init(memory: any RegionMemory, layout: RegionLayout, capabilities: FrontendCapabilities,
                 startIndex: UInt64) throws(LogWriterError) {
         guard startIndex < RegionLayout.indexLimit else { throw .startIndexTooLarge(startIndex) }
         self.memory = memory

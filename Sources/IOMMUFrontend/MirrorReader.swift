@@ -58,7 +58,7 @@ public enum MirrorTranslation: Hashable, Sendable {
 /// the STATE_PUSH snapshot and plays the front-end's part of RESET and reconnect.
 ///
 /// Effects (address-space switches, notifiers) do not exist here, so every drain is a full one.
-public struct MirrorReader<Memory: RegionMemory> {
+public struct MirrorReader {
     public struct Rules: Sendable {
         /// The mapping granule (from `page_size_mask`): a power of two.
         public var granule: UInt64
@@ -118,7 +118,7 @@ public struct MirrorReader<Memory: RegionMemory> {
         }
     }
 
-    public let memory: Memory
+    public let memory: any RegionMemory
     public private(set) var layout: RegionLayout
     public let rules: Rules
     public private(set) var knownEndpoints = EndpointBitmap()
@@ -135,7 +135,7 @@ public struct MirrorReader<Memory: RegionMemory> {
     private var groupIsLocal: Bool?
 
     /// The front-end's part before SET_REGION (§4.1): writes the header and `applied = acked = startIndex`.
-    public init(memory: Memory, layout: RegionLayout, rules: Rules, startIndex: UInt64) {
+    public init(memory: any RegionMemory, layout: RegionLayout, rules: Rules, startIndex: UInt64) {
         self.memory = memory
         self.layout = layout
         self.rules = rules

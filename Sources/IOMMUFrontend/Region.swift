@@ -2,9 +2,11 @@
 /// protocol needs (docs/frontend-protocol.md §6). The daemon implements it over its `mmap` of the
 /// memfd with real atomics; tests and the fuzzer use `InMemoryRegion`.
 ///
-/// Offsets passed in are always inside `byteCount` (the writer and the reader compute them from a
-/// validated `RegionLayout`); 64-bit values are little-endian and 8-byte aligned.
-public protocol RegionMemory {
+/// A class protocol: the writer and the reader hold it as one existential reference, which costs one
+/// indirect call per memory operation and keeps their own code concrete (a generic writer called from
+/// another module ran unspecialized, twice as slow). Offsets passed in are always inside `byteCount`
+/// (computed from a validated `RegionLayout`); 64-bit values are little-endian and 8-byte aligned.
+public protocol RegionMemory: AnyObject {
     var byteCount: Int { get }
     /// Copies `destination.count` bytes at `offset` (a plain read).
     func copyBytes(at offset: Int, into destination: UnsafeMutableRawBufferPointer)

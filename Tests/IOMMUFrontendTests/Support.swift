@@ -31,8 +31,8 @@ extension Array where Element == UInt8 {
 /// back-end's endpoint bitmap, as after a successful SET_REGION.
 struct Session {
     let memory: InMemoryRegion
-    var writer: LogWriter<InMemoryRegion>
-    var mirror: MirrorReader<InMemoryRegion>
+    var writer: LogWriter
+    var mirror: MirrorReader
 
     init(logEntries: UInt32 = 64, endpoints: [UInt32] = Array(0..<16), granule: UInt64 = 0x1000,
          capabilities: FrontendCapabilities = .version1, startIndex: UInt64 = 0, epoch: UInt32 = 1,
