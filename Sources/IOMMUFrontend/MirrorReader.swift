@@ -18,6 +18,8 @@ public enum EntryViolation: Hashable, Sendable {
     case localMixed
     /// The entry just below `tail` does not end a request.
     case noLastAtTail
+    /// With COMMIT_WINDOW: a request's position is already in the commit window (§8.3).
+    case positionInWindow(UInt16)
     case domainExists(UInt32)
     case noSuchDomain(UInt32)
     case domainHasEndpoints(UInt32)
@@ -130,7 +132,9 @@ public struct MirrorReader {
     public private(set) var violation: MirrorViolation?
     /// Entries applied since this reader was made.
     public private(set) var appliedEntries = 0
+    /// The commit window (§8.3), kept with COMMIT_WINDOW only, and the positions in it.
     private var commitRing: [StateSnapshot.Commit] = []
+    private var windowPositions: Set<UInt16> = []
     /// Whether the group in progress is LOCAL (nil between groups).
     private var groupIsLocal: Bool?
 
@@ -230,11 +234,19 @@ public struct MirrorReader {
         if let groupIsLocal, groupIsLocal != local { return .localMixed }
         let last = entry.flags.contains(.last)
         if atTail && !last { return .noLastAtTail }
+        let recorded = last && !local && rules.capabilities.contains(.commitWindow)
+        if recorded && windowPositions.contains(entry.requestPosition) { return .positionInWindow(entry.requestPosition) }
         if let problem = applyOperation(entry.operation) { return problem }
         groupIsLocal = last ? nil : local
-        if last && !local {
-            commitRing.append(StateSnapshot.Commit(position: entry.requestPosition, status: entry.status))
-            if commitRing.count >= 2 * max(rules.queueSize, 1) { commitRing.removeFirst(commitRing.count - rules.queueSize) }
+        if recorded {
+            if commitRing.count >= rules.queueSize, let oldest = commitRing.first {
+                commitRing.removeFirst()
+                windowPositions.remove(oldest.position)
+            }
+            if rules.queueSize > 0 {
+                commitRing.append(StateSnapshot.Commit(position: entry.requestPosition, status: entry.status))
+                windowPositions.insert(entry.requestPosition)
+            }
         }
         return nil
     }
@@ -292,8 +304,9 @@ public struct MirrorReader {
 
     // MARK: Using the mirror
 
-    /// The commit window: the last `queueSize` request results applied, oldest first (§8.3).
-    public var commitWindow: [StateSnapshot.Commit] { Array(commitRing.suffix(rules.queueSize)) }
+    /// The commit window: the last `queueSize` request results applied, oldest first (§8.3); empty
+    /// without COMMIT_WINDOW.
+    public var commitWindow: [StateSnapshot.Commit] { commitRing }
 
     /// Translates one access the way the front-end's `translate()` does (plan §1.7): unknown endpoints
     /// are refused; the MSI windows are identity; unattached endpoints follow `bypassAllowed`; bypass
@@ -328,7 +341,7 @@ public struct MirrorReader {
             }
         }
         snapshot.endpoints = endpointDomain.keys.sorted().map { .init(endpoint: $0, domain: endpointDomain[$0]!) }
-        if rules.capabilities.contains(.commitWindow) { snapshot.commits = commitWindow }
+        snapshot.commits = commitWindow
         return snapshot
     }
 
@@ -339,10 +352,42 @@ public struct MirrorReader {
         endpointDomain.removeAll()
         mappingCount = 0
         commitRing.removeAll()
+        windowPositions.removeAll()
         groupIsLocal = nil
         layout.epoch = epoch
         acked = applied
         writeHeader()
         return ResetRequest(epoch: epoch, kind: kind, bypass: bypass, startIndex: applied)
+    }
+}
+
+extension MirrorReader {
+    /// A description of the first broken invariant of the mirror, or nil (for fuzzers and randomized
+    /// tests): attachments agree both ways, mappings are ordered, apart, aligned and counted, bypass
+    /// domains hold none, and the caps hold.
+    public func invariantViolation() -> String? {
+        var total = 0
+        let mask = rules.granule &- 1
+        for (id, domain) in domains {
+            if domain.bypass && !domain.mappings.isEmpty { return "bypass domain \(id) has mappings" }
+            for endpoint in domain.endpoints where endpointDomain[endpoint] != id {
+                return "domain \(id) lists endpoint \(endpoint), attached elsewhere"
+            }
+            for (i, m) in domain.mappings.enumerated() {
+                if m.virtualStart > m.virtualEnd { return "domain \(id): reversed mapping" }
+                if i > 0 && domain.mappings[i - 1].virtualEnd >= m.virtualStart { return "domain \(id): overlap or disorder" }
+                if m.virtualStart & mask != 0 || m.physicalStart & mask != 0 || (m.virtualEnd &+ 1) & mask != 0 {
+                    return "domain \(id): misaligned mapping"
+                }
+            }
+            total += domain.mappings.count
+        }
+        for (endpoint, id) in endpointDomain where domains[id]?.endpoints.contains(endpoint) != true {
+            return "endpoint \(endpoint) attached to \(id), which does not list it"
+        }
+        if total != mappingCount { return "mapping count \(mappingCount), domains hold \(total)" }
+        if domains.count > rules.maxDomains || mappingCount > rules.maxMappings { return "caps exceeded" }
+        if applied < acked { return "acked \(acked) beyond applied \(applied)" }
+        return nil
     }
 }

@@ -162,7 +162,8 @@ import Testing
         #expect(m.translate(endpoint: 1, address: 0x20000, write: false, bypassAllowed: true) == .refused(.mapping))
     }
 
-    // §8.3: the commit window keeps the last queue_size results (not LOCAL groups), oldest first.
+    // §8.3: the commit window keeps the last queue_size results (not LOCAL groups), oldest first, with
+    // distinct positions.
     @Test func commitWindow() throws {
         var s = try Session(logEntries: 256, queueSize: 16)
         for i in 0..<40 { try s.request([], position: UInt16(i), status: UInt8(i % 9)) }
@@ -170,5 +171,14 @@ import Testing
         _ = try s.writer.commitLocal()
         try s.mirror.drain()
         #expect(s.mirror.commitWindow == (24..<40).map { StateSnapshot.Commit(position: UInt16($0), status: UInt8($0 % 9)) })
+        // A position already in the window means the back-end's positions drifted (§9.1).
+        try s.request([], position: 30)
+        #expect(throws: MirrorViolation.entry(index: 41, .positionInWindow(30))) { try s.mirror.drain() }
+        // Without COMMIT_WINDOW nothing is recorded, and positions are not checked.
+        var t = try Session(capabilities: .localChanges)
+        try t.request([], position: 5)
+        try t.request([], position: 5)
+        try t.mirror.drain()
+        #expect(t.mirror.commitWindow.isEmpty && t.mirror.snapshot(bypass: false).commits.isEmpty)
     }
 }

@@ -93,7 +93,8 @@ struct Rng {
         var device = try Self.makeDevice(bypass: false)
         var s = try Session(logEntries: 256, endpoints: Array(device.endpoints.keys))
         func run(_ request: [UInt8], writable: Int = 4) throws -> [LogOperation] {
-            try Self.ops(Self.run(request, writable: writable, device: &device, session: &s, position: 0), s)
+            s.nextPosition &+= 1
+            return try Self.ops(Self.run(request, writable: writable, device: &device, session: &s, position: s.nextPosition), s)
         }
         #expect(try run(AttachRequest(domain: 1, endpoint: 8).encoded) == [.domainCreate(domain: 1, bypass: false), .attach(endpoint: 8, domain: 1)])
         #expect(try run(AttachRequest(domain: 1, endpoint: 8).encoded) == [.commit])  // already there

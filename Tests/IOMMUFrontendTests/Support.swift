@@ -33,6 +33,8 @@ struct Session {
     let memory: InMemoryRegion
     var writer: LogWriter
     var mirror: MirrorReader
+    /// The avail position of the next request (positions in the commit window are distinct, §8.3).
+    var nextPosition: UInt16 = 1
 
     init(logEntries: UInt32 = 64, endpoints: [UInt32] = Array(0..<16), granule: UInt64 = 0x1000,
          capabilities: FrontendCapabilities = .version1, startIndex: UInt64 = 0, epoch: UInt32 = 1,
@@ -57,9 +59,11 @@ struct Session {
 
     /// Stages `operations` and commits them as one request.
     @discardableResult
-    mutating func request(_ operations: [LogOperation], position: UInt16 = 0, status: UInt8 = 0) throws -> CommitOutcome {
+    mutating func request(_ operations: [LogOperation], position: UInt16? = nil, status: UInt8 = 0) throws -> CommitOutcome {
         for operation in operations { try writer.stage(operation) }
-        return try writer.commit(requestAt: position, status: status)
+        let at = position ?? nextPosition
+        nextPosition = at &+ 1
+        return try writer.commit(requestAt: at, status: status)
     }
 
     /// Writes raw entry bytes into slot `index` and publishes `tail` (a misbehaving back-end).
