@@ -77,6 +77,7 @@ let package = Package(
             "FuzzSupport", "VhostUser", .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "FuzzChains", dependencies: ["FuzzSupport", "VhostUser"]),
+        .executableTarget(name: "FuzzFrontend", dependencies: ["FuzzSupport", "IOMMUFrontend"]),
     ],
     swiftLanguageModes: [.v6]
 )
