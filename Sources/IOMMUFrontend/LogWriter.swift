@@ -11,6 +11,8 @@ public enum LogWriterError: Error, Hashable, Sendable, CustomStringConvertible {
     case resetBeyondTail(startIndex: UInt64, tail: UInt64)
     /// A start index at or above 2^63 (§4.1).
     case startIndexTooLarge(UInt64)
+    /// The layout breaks §4.2's rules, or the memory is smaller than the region it describes.
+    case invalidLayout(FrontendWireError)
     /// A commit refused for space must be retried (`retry`) before anything else is staged or committed.
     case commitPending
     /// `retry` without a commit refused for space.
@@ -26,6 +28,7 @@ public enum LogWriterError: Error, Hashable, Sendable, CustomStringConvertible {
         case .resetEpochUnchanged(let epoch): "RESET keeps epoch \(epoch)"
         case .resetBeyondTail(let start, let tail): "RESET start_index \(start) beyond tail \(tail)"
         case .startIndexTooLarge(let index): "start index \(index) ≥ 2^63"
+        case .invalidLayout(let error): "region layout: \(error)"
         case .commitPending: "a commit waits for log space"
         case .nothingToRetry: "no commit waits for log space"
         case .commitStaged: "COMMIT cannot be staged"
@@ -90,10 +93,14 @@ public struct LogWriter {
     /// `tail − applied` at which the doorbell rings even without a waiting request (§6 rule 7).
     public var backlogThreshold: UInt64 { min(4096, UInt64(layout.logEntries / 2)) }
 
-    /// Starts a session (SET_REGION): publishes `tail = startIndex`. The layout must be validated.
+    /// Starts a session (SET_REGION): publishes `tail = startIndex`.
     public init(memory: any RegionMemory, layout: RegionLayout, capabilities: FrontendCapabilities,
                 startIndex: UInt64) throws(LogWriterError) {
         guard startIndex < RegionLayout.indexLimit else { throw .startIndexTooLarge(startIndex) }
+        do throws(FrontendWireError) { try layout.validate() } catch { throw .invalidLayout(error) }
+        guard UInt64(memory.byteCount) >= layout.regionSize else {
+            throw .invalidLayout(.size(expected: layout.regionSize, actual: UInt64(memory.byteCount)))
+        }
         self.memory = memory
         self.layout = layout
         self.capabilities = capabilities

@@ -176,6 +176,7 @@ public struct MirrorReader {
 
     /// Rule 2's front-end half (§6): store the notifier byte, full fence; the caller then drains.
     public func setNotifier(endpoint: UInt32, flags: UInt8) {
+        guard endpoint < UInt32(FrontendProtocol.endpointCount) else { return }
         withUnsafeBytes(of: flags) { memory.storeBytes($0, at: layout.notifierOffset(of: endpoint)) }
         memory.fullFence()
     }

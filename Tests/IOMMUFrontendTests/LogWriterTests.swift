@@ -11,6 +11,14 @@ import Testing
         #expect(throws: LogWriterError.startIndexTooLarge(1 << 63)) {
             _ = try LogWriter(memory: session.memory, layout: session.writer.layout, capabilities: [], startIndex: 1 << 63)
         }
+        // §4.2: a layout that breaks the rules, or memory smaller than the region, is refused.
+        var bad = session.writer.layout
+        bad.logEntries = 100
+        #expect(throws: LogWriterError.self) { _ = try LogWriter(memory: session.memory, layout: bad, capabilities: [], startIndex: 0) }
+        let small = InMemoryRegion(byteCount: 4096)
+        #expect(throws: LogWriterError.self) {
+            _ = try LogWriter(memory: small, layout: session.writer.layout, capabilities: [], startIndex: 0)
+        }
     }
 
     // §5.4, §6 rule 1: staged entries are invisible until the commit; then one tail store covers the
