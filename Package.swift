@@ -7,6 +7,7 @@ let package = Package(
         .library(name: "VirtioIOMMU", targets: ["VirtioIOMMU"]),
         .library(name: "VhostUser", targets: ["VhostUser"]),
         .library(name: "PASIDStore", targets: ["PASIDStore"]),
+        .library(name: "IOMMUFrontend", targets: ["IOMMUFrontend"]),
         .executable(name: "vhost-iommu", targets: ["vhost-iommu"]),
     ],
     dependencies: [
@@ -26,6 +27,10 @@ let package = Package(
         .systemLibrary(name: "CSQLite"),
         .target(name: "PASIDStore", dependencies: ["CSQLite"]),
         .testTarget(name: "PASIDStoreTests", dependencies: ["PASIDStore"]),
+        // The vhost-user-iommu front-end protocol (docs/frontend-protocol.md): codecs, the op-log writer and
+        // a reference mirror reader. No system calls, no C.
+        .target(name: "IOMMUFrontend"),
+        .testTarget(name: "IOMMUFrontendTests", dependencies: ["IOMMUFrontend", "VirtioIOMMU", "PASIDStore"]),
         // Thin C helpers for epoll, eventfd, memfd, CMSG and ring-index atomics.
         .target(name: "CVhostUser"),
         // Device-agnostic vhost-user back-end engine.
@@ -72,6 +77,7 @@ let package = Package(
             "FuzzSupport", "VhostUser", .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "FuzzChains", dependencies: ["FuzzSupport", "VhostUser"]),
+        .executableTarget(name: "FuzzFrontend", dependencies: ["FuzzSupport", "IOMMUFrontend"]),
     ],
     swiftLanguageModes: [.v6]
 )

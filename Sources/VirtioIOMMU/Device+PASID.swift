@@ -30,11 +30,13 @@ extension Device {
         if domains[request.domain] == nil {
             guard domains.count < configuration.limits.maxDomains else { return .noMemory }
             domains[request.domain] = Domain(id: request.domain, isBypass: false)
+            record(.domainCreated(request.domain, bypass: false))
         }
         translationCache.invalidateAll()
         domains[request.domain]!.auxEndpoints.insert(endpoint.id)
         domains[request.domain]!.auxPASID = request.pasid
         endpoints[endpoint.id]!.auxDomains[request.pasid] = request.domain
+        record(.auxAttached(endpoint: endpoint.id, pasid: request.pasid, domain: request.domain))
         return .ok
     }
 
@@ -47,6 +49,7 @@ extension Device {
         endpoints[endpoint.id]!.auxDomains[request.pasid] = nil
         domains[request.domain]!.auxEndpoints.remove(endpoint.id)
         if domains[request.domain]!.auxEndpoints.isEmpty { domains[request.domain]!.auxPASID = nil }
+        record(.auxDetached(endpoint: endpoint.id, pasid: request.pasid, domain: request.domain))
         dropIfUnheld(request.domain)
         return .ok
     }

@@ -28,6 +28,8 @@ public struct Device: Sendable {
     public private(set) var lastPASIDReleaseFailure: PASIDReleaseFailure?
     /// A release failed and has not succeeded since: the next reset tries again even if no PASID is held.
     private var pasidReleaseOutstanding = false
+    /// State changes not yet drained, or nil while recording is off (StateChange.swift).
+    var recordedChanges: [StateChange]?
 
     /// The largest readable snapshot a request needs (PROBE: 72 bytes).
     public static let maxRequestSize = 72
@@ -114,7 +116,9 @@ public struct Device: Sendable {
         guard let value = newBypass, value != current[ConfigSpace.bypassOffset] else { return }
         guard negotiatedFeatures.contains(.bypassConfig) else { throw .bypassNotNegotiated }
         guard value <= 1 else { throw .invalidBypass(value) }  // D6
-        bypass = value == 1
+        let newValue = value == 1
+        bypass = newValue
+        record(.bypassChanged(newValue))
     }
 
     // MARK: Reset
@@ -132,6 +136,7 @@ public struct Device: Sendable {
         }
         mappingCount = 0
         faults.removeAll()
+        record(.reset)
         if !heldPASIDs.isEmpty || pasidReleaseOutstanding, let pasidStore {
             do throws(PASIDStoreError) {
                 try pasidStore.releaseAll(owner: owner)
@@ -197,6 +202,7 @@ public struct Device: Sendable {
                 }
             }
             counters.record(type, status)
+            record(.requestCompleted(type, status))
             writable.zero(from: written, count: tailOffset - written)
             var tail: UInt32 = UInt32(status.rawValue).littleEndian  // tail.reserved = 0 (D9)
             withUnsafeBytes(of: &tail) { writable.scatter($0, at: tailOffset) }
@@ -244,9 +250,11 @@ public struct Device: Sendable {
         if let old = endpoint.domain { detach(endpoint: endpoint.id, from: old) }  // D16 (empties the IOTLB)
         if domains[request.domain] == nil {
             domains[request.domain] = Domain(id: request.domain, isBypass: wantsBypass)
+            record(.domainCreated(request.domain, bypass: wantsBypass))
         }
         domains[request.domain]!.attachPrimary(endpoint)
         endpoints[endpoint.id]!.domain = request.domain
+        record(.attached(endpoint: endpoint.id, domain: request.domain))
         return .ok  // D18
     }
 
@@ -273,7 +281,11 @@ public struct Device: Sendable {
         let totalFull = mappingCount >= limits.maxMappingsTotal
         let status = Self.map(request, flags: flags, into: &domains.values[index], mask: mask, inputRange: inputRange,
                               perDomainLimit: limits.maxMappingsPerDomain, totalFull: totalFull)
-        if status == .ok { mappingCount += 1 }
+        if status == .ok {
+            mappingCount += 1
+            record(.mapped(domain: request.domain, Mapping(virtualStart: request.virtualStart, virtualEnd: request.virtualEnd,
+                                                           physicalStart: request.physicalStart, flags: flags)))
+        }
         return status
     }
 
@@ -301,6 +313,8 @@ public struct Device: Sendable {
         if removed > 0 {
             mappingCount -= removed
             translationCache.invalidateAll()
+            // removed > 0: the range is ordered.
+            record(.unmapped(domain: request.domain, range: IOVARange(first: request.virtualStart, last: request.virtualEnd)!))
         }
         return status
     }
@@ -348,6 +362,7 @@ public struct Device: Sendable {
         endpoints[id]?.domain = nil
         guard let endpoint = endpoints[id], domains[domainID] != nil else { return }
         domains[domainID]!.detachPrimary(endpoint)
+        record(.detached(endpoint: id, domain: domainID))
         dropIfUnheld(domainID)
     }
 
@@ -357,6 +372,7 @@ public struct Device: Sendable {
         translationCache.invalidateAll()
         mappingCount -= domain.mappings.count
         domains[domainID] = nil
+        record(.domainDestroyed(domainID))
     }
 
     // MARK: Statistics
