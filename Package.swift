@@ -50,7 +50,7 @@ let package = Package(
         ]),
         // The daemon: CLI, wiring, control socket, signals.
         .executableTarget(name: "vhost-iommu", dependencies: [
-            "VirtioIOMMU", "VhostUser", "PASIDStore",
+            "VirtioIOMMU", "VhostUser", "PASIDStore", "IOMMUFrontend",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
@@ -62,6 +62,7 @@ let package = Package(
         // End-to-end tests: start the real daemon and drive it over real sockets and shared memory.
         .testTarget(name: "VhostIOMMUTests", dependencies: [
             "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore", "DaemonTestSupport",
+            "IOMMUFrontend", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // A real QEMU and a real Linux guest in front of the daemon (scripts/setup-qemu, scripts/setup-guest).
         .testTarget(name: "IntegrationTests", dependencies: [

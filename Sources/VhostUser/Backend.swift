@@ -282,6 +282,7 @@ public final class VhostUserBackend: @unchecked Sendable {
 
     /// What a disconnect does: reset the device and forget everything the front-end set up.
     func disconnectCleanup() {
+        device.frontendDisconnected()
         decoder.discard()
         output = []
         outputOffset = 0

@@ -169,6 +169,19 @@ public enum SystemCall {
         return pointer
     }
 
+    /// A memfd of `size` bytes that can no longer shrink or grow (what a peer needs before mapping it).
+    public static func sealedMemfd(name: String, size: Int) throws(Errno) -> FileDescriptor {
+        let fd = FileDescriptor(rawValue: try retrying { cvu_memfd_create(name, CUnsignedInt(MFD_CLOEXEC) | cvu_mfd_allow_sealing) })
+        do {
+            _ = try retrying { ftruncate(fd.rawValue, off_t(size)) }
+            _ = try retrying { cvu_add_seals(fd.rawValue, cvu_seal_shrink | cvu_seal_grow) }
+        } catch {
+            _ = Glibc.close(fd.rawValue)
+            throw error
+        }
+        return fd
+    }
+
     public static func memfd(name: String, size: Int) throws(Errno) -> FileDescriptor {
         let fd = FileDescriptor(rawValue: try retrying { cvu_memfd_create(name, CUnsignedInt(MFD_CLOEXEC)) })
         do {

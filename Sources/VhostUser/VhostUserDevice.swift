@@ -39,6 +39,9 @@ public protocol VhostUserDevice: AnyObject {
     func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void)
     /// Returns the device to its initial state (guest reset, RESET_DEVICE or front-end disconnect).
     func reset()
+    /// The front-end connection ended (before the reset that follows): whatever the device set up with
+    /// that front-end (device requests, watched descriptors) ends with it. Default: nothing.
+    func frontendDisconnected()
     /// A front-end request of the device's own (`DeviceRequest.firstID` and above: QEMU's
     /// VHOST_USER_DEVICE_REQUEST_MIN), after the engine checked that it asks for a reply. Returns the
     /// reply's payload, or nil to refuse it (the front-end then reads a nonzero 8-byte status).
@@ -76,6 +79,7 @@ extension VhostUserDevice {
         nil
     }
 
+    public func frontendDisconnected() {}
     public func completionMustWait(queue: Int) -> Bool { false }
     public func completionMayProceed(queue: Int) -> Bool { true }
     public func completionForced(queue: Int) {}

@@ -121,6 +121,15 @@ public struct Device: Sendable {
         record(.bypassChanged(newValue))
     }
 
+    /// A system reset as the transport sees it: `bypass` goes back to the value the front-end holds for
+    /// the boot state (D5: restored to its initial value on system reset). Only with F_BYPASS_CONFIG.
+    public mutating func restoreBypass(_ value: Bool) {
+        guard configuration.features.contains(.bypassConfig), value != bypass else { return }
+        translationCache.invalidateAll()
+        bypass = value
+        record(.bypassChanged(value))
+    }
+
     // MARK: Reset
 
     /// Device reset: no endpoint stays attached, no domain or mapping survives, pending faults are

@@ -1,4 +1,5 @@
 import Logging
+import SystemPackage
 import PASIDStore
 import Synchronization
 import VhostUser
@@ -15,6 +16,9 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
     /// Set once the engine exists, so that faults raised off the loop thread wake it.
     let waker = Mutex<Waker?>(nil)
 
+    /// The front-end protocol's session (docs/frontend-protocol.md). Confined to the event-loop thread:
+    /// every call that reaches it is a `VhostUserDevice` call, and the engine makes those from its loop.
+    private nonisolated(unsafe) let frontend: FrontendSession
     /// For what a reset could not undo (the PASID store refusing to take this VM's PASIDs back).
     private let logger: Logger
 
@@ -22,6 +26,7 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
          logger: Logger = Logger(label: "vhost-iommu")) throws(ConfigurationError) {
         self.configuration = configuration
         self.logger = logger
+        frontend = FrontendSession(endpoints: configuration.endpoints.keys.sorted())
         model = Mutex(try Device(configuration: configuration, pasidStore: pasidStore, owner: owner))
     }
 
@@ -61,13 +66,49 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
         }
     }
 
-    /// One lock for a whole turn of the request queue, not one per request.
+    /// One lock for a whole turn of the request queue, not one per request. With a front-end session,
+    /// each request's changes are published to its log before the engine completes the request.
     func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
         model.withLock { device in
+            let mirrored = device.recordsChanges
             drain { readable, writable in
-                queue == Self.requestQueue ? device.handle(readable: readable, writable: writable) : (device.deliverFault(into: writable) ?? 0)
+                guard queue == Self.requestQueue else { return device.deliverFault(into: writable) ?? 0 }
+                let length = device.handle(readable: readable, writable: writable)
+                if mirrored { _ = frontend.publishRequest(of: &device) }
+                return length
             }
         }
+    }
+
+    // MARK: The front-end protocol (docs/frontend-protocol.md)
+
+    func handleDeviceRequest(_ request: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors) -> [UInt8]? {
+        let session = frontend
+        let reply = model.withLock { device in
+            session.handle(request, payload: payload, descriptors: &descriptors, model: &device)
+        }
+        if let violation = frontend.lastViolation { logger.error("front-end protocol: \(violation)") }
+        return reply
+    }
+
+    func completionMustWait(queue: Int) -> Bool {
+        queue == Self.requestQueue && frontend.takeWaitRequest()
+    }
+
+    func completionMayProceed(queue: Int) -> Bool {
+        let session = frontend
+        return model.withLock { device in session.waitIsOver(model: &device) }
+    }
+
+    func completionForced(queue: Int) { frontend.abandonWait() }
+
+    var watchedDescriptors: [FileDescriptor] { frontend.acknowledgementDescriptor.map { [$0] } ?? [] }
+
+    func watchedDescriptorReady(_ descriptor: FileDescriptor) { SystemCall.drain(descriptor) }
+
+    func frontendDisconnected() {
+        let session = frontend
+        model.withLock { device in session.end(model: &device) }
     }
 
     /// A failed PASID release does not stop the reset; it is logged here and counted in stats.

@@ -34,6 +34,13 @@ static inline uint16_t cvu_load_relaxed_u16(const void *p) {
 static inline void cvu_store_relaxed_u16(void *p, uint16_t v) {
     __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED);
 }
+// 64-bit indices in memory shared with another process (the front-end protocol's log indices).
+static inline uint64_t cvu_load_acquire_u64(const void *p) {
+    return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE);
+}
+static inline void cvu_store_release_u64(void *p, uint64_t v) {
+    __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE);
+}
 // The full barrier virtio needs between publishing an index and reading the other side's
 // notification-suppression field (and vice versa).
 static inline void cvu_full_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
@@ -60,6 +67,25 @@ static const uint32_t cvu_epollerr = EPOLLERR;
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 static inline int cvu_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
 
+// Seals of a memfd (<linux/fcntl.h>; glibc declares them only with _GNU_SOURCE, which this header
+// does not set).
+#ifndef F_GET_SEALS
+#define F_GET_SEALS 1034
+#define F_SEAL_SHRINK 0x0002
+#define F_SEAL_GROW 0x0004
+#define F_SEAL_WRITE 0x0008
+#endif
+#ifndef F_ADD_SEALS
+#define F_ADD_SEALS 1033
+#endif
+#ifndef MFD_ALLOW_SEALING
+#define MFD_ALLOW_SEALING 0x0002U
+#endif
+static inline int cvu_get_seals(int fd) { return fcntl(fd, F_GET_SEALS); }
+static inline int cvu_add_seals(int fd, int seals) { return fcntl(fd, F_ADD_SEALS, seals); }
+static const unsigned int cvu_mfd_allow_sealing = MFD_ALLOW_SEALING;
+static const int cvu_seal_shrink = F_SEAL_SHRINK;
+static const int cvu_seal_grow = F_SEAL_GROW;
 static inline int cvu_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 
 #endif

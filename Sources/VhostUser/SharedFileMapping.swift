@@ -1,0 +1,59 @@
+import CVhostUser
+import Glibc
+import SystemPackage
+
+/// A whole file (a sealed memfd another process shares with us) mapped shared and writable, with the
+/// ordered 64-bit loads and stores that protocols over shared memory need. The file must not be able to
+/// shrink under the mapping (F_SEAL_SHRINK), or an access past its new end would raise SIGBUS; its size
+/// must be exactly what the peer announced. Unmapped on deinit.
+public final class SharedFileMapping: @unchecked Sendable {
+    public enum MappingError: Error, Hashable, Sendable {
+        case notARegularFile
+        case sizeMismatch(announced: UInt64, actual: UInt64)
+        case notSealed
+        case tooLarge
+        case system(Errno)
+    }
+
+    public let byteCount: Int
+    private let base: UnsafeMutableRawPointer
+
+    public init(descriptor: borrowing OwnedFileDescriptor, size: UInt64, maximumSize: UInt64) throws(MappingError) {
+        guard size > 0, size <= maximumSize, size <= UInt64(Int.max / 2) else { throw .tooLarge }
+        var info = stat()
+        guard fstat(descriptor.rawValue, &info) == 0 else { throw .system(Errno(rawValue: errno)) }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw .notARegularFile }
+        guard UInt64(info.st_size) == size else { throw .sizeMismatch(announced: size, actual: UInt64(info.st_size)) }
+        let seals = cvu_get_seals(descriptor.rawValue)
+        guard seals >= 0, seals & cvu_seal_shrink != 0, seals & cvu_seal_grow != 0 else { throw .notSealed }
+        do {
+            base = try SystemCall.mapShared(descriptor.descriptor, length: Int(size), offset: 0)
+        } catch {
+            throw .system(error)
+        }
+        byteCount = Int(size)
+    }
+
+    deinit { munmap(base, byteCount) }
+
+    /// Offsets come from a validated layout; a wrong one is a bug of the caller, so it traps.
+    private func pointer(_ offset: Int, _ count: Int) -> UnsafeMutableRawPointer {
+        precondition(offset >= 0 && count >= 0 && offset <= byteCount - count, "offset outside the mapping")
+        return base + offset
+    }
+
+    public func copyBytes(at offset: Int, into destination: UnsafeMutableRawBufferPointer) {
+        guard let target = destination.baseAddress else { return }
+        target.copyMemory(from: pointer(offset, destination.count), byteCount: destination.count)
+    }
+
+    public func storeBytes(_ source: UnsafeRawBufferPointer, at offset: Int) {
+        guard let from = source.baseAddress else { return }
+        pointer(offset, source.count).copyMemory(from: from, byteCount: source.count)
+    }
+
+    public func loadAcquire(at offset: Int) -> UInt64 { UInt64(littleEndian: cvu_load_acquire_u64(pointer(offset, 8))) }
+    public func storeRelease(_ value: UInt64, at offset: Int) { cvu_store_release_u64(pointer(offset, 8), value.littleEndian) }
+    public func loadByte(at offset: Int) -> UInt8 { pointer(offset, 1).load(as: UInt8.self) }
+    public func fullFence() { cvu_full_fence() }
+}

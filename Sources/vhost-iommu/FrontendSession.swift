@@ -1,0 +1,278 @@
+import IOMMUFrontend
+import SystemPackage
+import VhostUser
+import VirtioIOMMU
+
+/// The daemon's side of docs/frontend-protocol.md with one front-end connection: HELLO, SET_REGION
+/// and RESET (STATE_PUSH is refused: resync after a reconnect is not implemented yet), and the op log
+/// that keeps QEMU's mirror of the model current. Used from the event-loop thread only; `IOMMUDevice`
+/// keeps it behind its own lock, taken after the model's.
+final class FrontendSession {
+    private enum Phase {
+        case idle
+        case greeted(HelloReply)
+        case active(Active)
+    }
+
+    /// A session with its region, log writer and eventfds (a class: it owns the descriptors).
+    private final class Active {
+        let hello: HelloReply
+        let region: FrontendRegion
+        var writer: LogWriter
+        let doorbell: OwnedFileDescriptor
+        let acknowledgement: OwnedFileDescriptor
+        /// The commit the request queue's waiting completion waits for, or a commit refused for space.
+        var waiting: Waiting?
+
+        init(hello: HelloReply, region: FrontendRegion, writer: LogWriter, doorbell: consuming OwnedFileDescriptor,
+             acknowledgement: consuming OwnedFileDescriptor) {
+            self.hello = hello
+            self.region = region
+            self.writer = writer
+            self.doorbell = doorbell
+            self.acknowledgement = acknowledgement
+        }
+    }
+
+    enum Waiting {
+        case acknowledgement(LogCommit)
+        case space
+    }
+
+    /// The queue size HELLO announces (QEMU sizes both virtqueues with it).
+    static let queueSize: UInt32 = 256
+    /// What this back-end grants: nothing optional yet (no commit window, no changes of its own).
+    static let capabilities: FrontendCapabilities = []
+
+    private var phase = Phase.idle
+    /// Set by `publishRequest` when the request just handled must wait; taken by the engine's question.
+    private var waitRequested = false
+    private let endpoints: [Endpoint.ID]
+    /// Why the last session ended with a violation, for the log.
+    private(set) var lastViolation: String?
+
+    init(endpoints: [Endpoint.ID]) {
+        self.endpoints = endpoints
+    }
+
+    var isActive: Bool { if case .active = phase { true } else { false } }
+
+    // MARK: Requests (§2–§4, §7)
+
+    /// Handles one front-end request; returns its reply payload. `model` is the device under its lock.
+    func handle(_ id: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors, model: inout Device) -> [UInt8] {
+        guard let request = FrontendProtocol.Request(rawValue: id) else { return FrontendStatus.unsupported.encoded }
+        guard payload.count == request.payloadSize, descriptors.count == request.descriptorCount else {
+            return FrontendStatus.invalid.encoded
+        }
+        switch request {
+        case .hello: return hello(payload)
+        case .setRegion: return setRegion(payload, &descriptors, &model)
+        case .statePush:
+            // Resync after a reconnect (§8.2) is the next step; until then a reconnecting front-end is told so.
+            return (isActive ? FrontendStatus.unsupported : FrontendStatus.badState).encoded
+        case .reset: return reset(payload, &model)
+        }
+    }
+
+    private func hello(_ payload: [UInt8]) -> [UInt8] {
+        guard case .idle = phase else { return FrontendStatus.badState.encoded }
+        do {
+            let request = try payload.withUnsafeBytes { bytes throws(FrontendWireError) in try HelloRequest(decoding: bytes) }
+            let reply = try request.reply(supporting: Self.capabilities, queueSize: Self.queueSize)
+            phase = .greeted(reply)
+            return reply.encoded
+        } catch {
+            return Self.status(for: error).encoded
+        }
+    }
+
+    /// The status a refused request is answered with: the wire error's, else INVALID.
+    private static func status(for error: any Error) -> FrontendStatus {
+        (error as? FrontendWireError)?.status ?? .invalid
+    }
+
+    private func setRegion(_ payload: [UInt8], _ descriptors: inout ReceivedDescriptors, _ model: inout Device) -> [UInt8] {
+        guard case .greeted(let hello) = phase else { return FrontendStatus.badState.encoded }
+        let request: SetRegionRequest
+        do {
+            request = try payload.withUnsafeBytes { bytes throws(FrontendWireError) in try SetRegionRequest(decoding: bytes) }
+        } catch {
+            return Self.status(for: error).encoded
+        }
+        guard let bitmap = EndpointBitmap(endpoints: endpoints) else { return FrontendStatus.refused.encoded }
+        let regionFile = descriptors.take(0)
+        let doorbell = descriptors.take(1)
+        let acknowledgement = descriptors.take(2)
+        let mapping: SharedFileMapping
+        do {
+            mapping = try SharedFileMapping(descriptor: regionFile, size: request.regionSize, maximumSize: RegionLayout.maxRegionSize)
+        } catch .system {
+            return FrontendStatus.failed.encoded
+        } catch {
+            return FrontendStatus.invalid.encoded
+        }
+        let region = FrontendRegion(mapping)
+        do {
+            var header = [UInt8](repeating: 0, count: RegionLayout.configurationSize)
+            header.withUnsafeMutableBytes { region.copyBytes(at: 0, into: $0) }
+            let layout = try header.withUnsafeBytes { bytes throws(FrontendWireError) in
+                try RegionLayout(decodingHeader: bytes, regionSize: request.regionSize, epoch: request.epoch)
+            }
+            bitmap.write(to: region, layout: layout)
+            // The mirror starts empty: the model starts over too, keeping `bypass` (D5), with no entry (§4.1).
+            model.reset()
+            model.recordsChanges = true
+            let writer = try LogWriter(memory: region, layout: layout, capabilities: hello.capabilities, startIndex: request.startIndex)
+            phase = .active(Active(hello: hello, region: region, writer: writer, doorbell: doorbell,
+                                   acknowledgement: acknowledgement))
+            return FrontendStatus.ok.encoded
+        } catch let error as FrontendWireError {
+            return error.status.encoded
+        } catch {
+            return FrontendStatus.invalid.encoded
+        }
+    }
+
+    private func reset(_ payload: [UInt8], _ model: inout Device) -> [UInt8] {
+        guard case .active(let active) = phase else { return FrontendStatus.badState.encoded }
+        do {
+            let request = try payload.withUnsafeBytes { bytes throws(FrontendWireError) in try ResetRequest(decoding: bytes) }
+            try active.writer.reset(epoch: request.epoch, startIndex: request.startIndex)
+            active.waiting = nil  // the engine completes the waiting request (rule 6)
+            model.reset()
+            model.restoreBypass(request.bypass)
+            model.drainChanges { _ in }  // a reset writes no entry (§7)
+            return FrontendStatus.ok.encoded
+        } catch let error as FrontendWireError {
+            return error.status.encoded
+        } catch {
+            return FrontendStatus.invalid.encoded
+        }
+    }
+
+    // MARK: The log (§5, §6)
+
+    /// After the model handled a request: its changes go to the log and are published. Returns true
+    /// when the request's completion must wait (an acknowledgement, or log space).
+    func publishRequest(of model: inout Device) -> Bool {
+        guard case .active(let active) = phase else {
+            model.drainChanges { _ in }
+            return false
+        }
+        var outcome: CommitOutcome?
+        var touchedDomain: Domain.ID?
+        do {
+            try model.drainChanges { (change: StateChange) throws(LogWriterError) in
+                switch change {
+                case .domainCreated(let id, let bypass): try active.writer.stage(.domainCreate(domain: id, bypass: bypass))
+                case .domainDestroyed(let id): try active.writer.stage(.domainDestroy(domain: id))
+                case .attached(let endpoint, let domain): try active.writer.stage(.attach(endpoint: endpoint, domain: domain))
+                case .detached(let endpoint, let domain): try active.writer.stage(.detach(endpoint: endpoint, domain: domain))
+                case .mapped(let domain, let m):
+                    touchedDomain = domain
+                    try active.writer.stage(.map(domain: domain, virtualStart: m.virtualStart, virtualEnd: m.virtualEnd,
+                                                 physicalStart: m.physicalStart, flags: m.flags.rawValue))
+                case .unmapped(let domain, let range):
+                    touchedDomain = domain
+                    try active.writer.stage(.unmap(domain: domain, virtualStart: range.first, virtualEnd: range.last))
+                case .auxAttached, .auxDetached, .bypassChanged, .reset: break
+                case .requestCompleted(let type, let status):
+                    if type == .probe {
+                        active.writer.discardStaged()
+                    } else {
+                        // The avail position is not known here; it matters only to COMMIT_WINDOW (not granted).
+                        outcome = try active.writer.commit(requestAt: 0, status: status.rawValue)
+                    }
+                }
+            }
+            switch outcome {
+            case .committed(var commit)?:
+                if let domain = touchedDomain, let members = model.domains[domain]?.endpoints {
+                    try active.writer.checkNotifiers(of: members, for: &commit)
+                }
+                if commit.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
+                active.waiting = commit.needsAcknowledgement ? .acknowledgement(commit) : nil
+            case .noSpace?:
+                active.waiting = .space
+                if (try? active.writer.progress())?.ringDoorbell == true { SystemCall.signal(active.doorbell.descriptor) }
+            case nil:
+                break
+            }
+            let waits = active.waiting != nil
+            waitRequested = waits
+            return waits
+        } catch {
+            end(violation: "log: \(error)", model: &model)
+            return false
+        }
+    }
+
+    /// Whether the request just handled must wait (asked once per request, from inside the turn).
+    func takeWaitRequest() -> Bool {
+        defer { waitRequested = false }
+        return waitRequested
+    }
+
+    /// Whether the waiting completion may go: its commit acknowledged, or the log had room after all.
+    func waitIsOver(model: inout Device) -> Bool {
+        guard case .active(let active) = phase else { return true }
+        do {
+            let progress = try active.writer.progress()
+            if progress.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
+            switch active.waiting {
+            case nil:
+                break
+            case .acknowledgement(let commit):
+                if commit.isAcknowledged(by: progress.acked) { active.waiting = nil }
+            case .space:
+                if case .committed(let commit) = try active.writer.retry() {
+                    if commit.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
+                    active.waiting = commit.needsAcknowledgement ? .acknowledgement(commit) : nil
+                }
+            }
+            return active.waiting == nil
+        } catch {
+            end(violation: "progress: \(error)", model: &model)
+            return true
+        }
+    }
+
+    /// GET_VRING_BASE completes the waiting request without the acknowledgement (§6 rule 6).
+    func abandonWait() {
+        guard case .active(let active) = phase else { return }
+        active.writer.abandonAcknowledgements()
+        active.waiting = nil
+    }
+
+    /// The acknowledgement eventfd, for the engine to watch.
+    var acknowledgementDescriptor: FileDescriptor? {
+        if case .active(let active) = phase { return active.acknowledgement.descriptor }
+        return nil
+    }
+
+    /// The front-end is gone (disconnect or device reset of the connection): the session ends.
+    func end(model: inout Device) {
+        phase = .idle
+        model.recordsChanges = false
+    }
+
+    /// A violation by the front-end ends the session; the model stops recording.
+    private func end(violation: String, model: inout Device) {
+        lastViolation = violation
+        end(model: &model)
+    }
+}
+
+/// The region as `IOMMUFrontend` reads and writes it: the daemon's shared mapping of QEMU's memfd.
+final class FrontendRegion: RegionMemory {
+    private let mapping: SharedFileMapping
+    init(_ mapping: SharedFileMapping) { self.mapping = mapping }
+    var byteCount: Int { mapping.byteCount }
+    func copyBytes(at offset: Int, into destination: UnsafeMutableRawBufferPointer) { mapping.copyBytes(at: offset, into: destination) }
+    func storeBytes(_ source: UnsafeRawBufferPointer, at offset: Int) { mapping.storeBytes(source, at: offset) }
+    func loadAcquire(at offset: Int) -> UInt64 { mapping.loadAcquire(at: offset) }
+    func storeRelease(_ value: UInt64, at offset: Int) { mapping.storeRelease(value, at: offset) }
+    func loadByte(at offset: Int) -> UInt8 { mapping.loadByte(at: offset) }
+    func fullFence() { mapping.fullFence() }
+}
