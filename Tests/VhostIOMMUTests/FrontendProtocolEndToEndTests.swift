@@ -1,4 +1,5 @@
 import DaemonTestSupport
+@testable import vhost_iommu
 import Glibc
 import IOMMUFrontend
 import SystemPackage
@@ -6,19 +7,6 @@ import Testing
 import VhostUser
 import VhostUserTestSupport
 import VirtioIOMMU
-
-/// The region as the test's front-end sees it: its own shared mapping of the memfd it gives the daemon.
-final class TestRegion: RegionMemory {
-    let mapping: SharedFileMapping
-    init(_ mapping: SharedFileMapping) { self.mapping = mapping }
-    var byteCount: Int { mapping.byteCount }
-    func copyBytes(at offset: Int, into destination: UnsafeMutableRawBufferPointer) { mapping.copyBytes(at: offset, into: destination) }
-    func storeBytes(_ source: UnsafeRawBufferPointer, at offset: Int) { mapping.storeBytes(source, at: offset) }
-    func loadAcquire(at offset: Int) -> UInt64 { mapping.loadAcquire(at: offset) }
-    func storeRelease(_ value: UInt64, at offset: Int) { mapping.storeRelease(value, at: offset) }
-    func loadByte(at offset: Int) -> UInt8 { mapping.loadByte(at: offset) }
-    func fullFence() { mapping.fullFence() }
-}
 
 /// The real daemon and a front-end that speaks docs/frontend-protocol.md as QEMU's device will (the
 /// reference mirror, `MirrorReader`, plays QEMU's part): HELLO, SET_REGION, then guest requests whose
@@ -60,7 +48,7 @@ final class TestRegion: RegionMemory {
         #expect(try Self.status(Self.request(frontend, .setRegion, setRegion.encoded,
                                              fds: [unsealed.rawValue, bell.rawValue, ack.rawValue])) == .invalid)
         let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "region", size: Int(layout.regionSize)))
-        let region = TestRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
+        let region = FrontendRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
         var mirror = MirrorReader(memory: region, layout: layout, rules: .init(granule: 4096, capabilities: [], queueSize: 256), startIndex: 0)
         #expect(try Self.status(Self.request(frontend, .setRegion, setRegion.encoded,
                                              fds: [file.rawValue, bell.rawValue, ack.rawValue])) == .ok)

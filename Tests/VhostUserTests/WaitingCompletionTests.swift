@@ -7,7 +7,8 @@ import VhostUserTestSupport
 /// the ring (head-of-line), an acknowledgement on a watched eventfd releases them in ring order, and
 /// GET_VRING_BASE completes a waiting request so that the front-end finds every request it took done.
 @Suite struct WaitingCompletionTests {
-    @Test func aWaitingCompletionHoldsItsRingUntilAcknowledged() throws {
+    /// A started device with waits on, and two requests in one kick: the first waits, the second follows it.
+    static func twoRequestsTheFirstWaiting() throws -> (Harness, first: UInt16, second: UInt16) {
         let h = try Harness()
         h.device.enableWaits()
         try h.start()
@@ -18,6 +19,12 @@ import VhostUserTestSupport
         q.kickNow()
         #expect(q.waitForKickConsumed())
         try h.frontend.sync()
+        return (h, first, second)
+    }
+
+    @Test func aWaitingCompletionHoldsItsRingUntilAcknowledged() throws {
+        let (h, first, second) = try Self.twoRequestsTheFirstWaiting()
+        let q = h.queues[0]
         #expect(q.usedIndex == 0, "the waiting completion is not published")
         #expect(h.device.processed == 1, "no chain after the waiting one is taken (head-of-line)")
         h.device.acknowledge()
@@ -27,16 +34,8 @@ import VhostUserTestSupport
     }
 
     @Test func getVringBaseCompletesAWaitingRequest() throws {
-        let h = try Harness()
-        h.device.enableWaits()
-        try h.start()
+        let (h, first, second) = try Self.twoRequestsTheFirstWaiting()
         let q = h.queues[0]
-        let first = q.add(readable: [[EchoDevice.waitMarker, 1]], writable: [2], publish: false)
-        let second = q.add(readable: [[2, 3]], writable: [2], publish: false)
-        q.publish([first, second])
-        q.kickNow()
-        #expect(q.waitForKickConsumed())
-        try h.frontend.sync()
         let bases = try h.frontend.stop(queues: h.queues)
         #expect(bases[0] == 1, "only the waiting request was taken")
         #expect(q.collectUsed() == [DriverQueue.Used(head: first, length: 2)], "completed before the ring stopped")
