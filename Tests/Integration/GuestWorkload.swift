@@ -9,8 +9,8 @@ struct DomainState: Equatable, CustomStringConvertible {
     var description: String { "domain \(id) endpoints \(endpoints) mappings \(mappings)" }
 }
 
-/// What the real-guest suites share: driving the guest's VFIO workload over its console, and reading
-/// the daemon's counters over its control socket.
+/// What the real-guest suites share: driving the guest's VFIO and disk workloads over its console, and
+/// reading the daemon's counters over its control socket.
 protocol GuestWorkload {}
 
 extension GuestWorkload {
@@ -25,13 +25,46 @@ extension GuestWorkload {
     func vfioRun(_ machine: Machine, group: Int, _ buffers: Int, _ iterations: Int) throws -> [String: String] {
         let lines = try machine.run("vfio-dma \(group) \(buffers) 4096 \(iterations)")
         let report = try #require(lines.first { $0.hasPrefix("@@VFIO ") }, "\(lines)")
+        let fields = reportFields(report)
+        #expect(fields["status"] == "ok", "\(report)")
+        return fields
+    }
+
+    /// The key=value fields of a workload's "@@…" report line.
+    func reportFields(_ report: String) -> [String: String] {
         var fields: [String: String] = [:]
         for field in report.split(separator: " ").dropFirst() {
             let parts = field.split(separator: "=", maxSplits: 1)
             if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
         }
-        #expect(fields["status"] == "ok", "\(report)")
         return fields
+    }
+
+    // MARK: Disks (scripts/guest/blk-io.c)
+
+    /// Runs `blk-io ARGUMENTS --timeout SECONDS` and returns its report's fields, whatever its status: a
+    /// disk whose DMA never completes gives status=timeout instead of hanging the console.
+    func blkIO(_ machine: Machine, _ arguments: String, timeout seconds: Int = 120) throws -> [String: String] {
+        let command = "blk-io \(arguments) --timeout \(seconds)"
+        let (_, lines) = try machine.runStatus(command, timeout: .seconds(seconds + 60))
+        let report = try #require(lines.first { $0.hasPrefix("@@BLK ") }, "\(command): \(lines)\n\(machine.log)")
+        return reportFields(report)
+    }
+
+    /// The guest's disk names (vda, vdb, …) by the PCI address of their device.
+    func disksByPCIAddress(_ machine: Machine, names: [String]) throws -> [String: String] {
+        var disks: [String: String] = [:]
+        for name in names {
+            let line = try #require(try machine.run("blk_pci \(name)").first { $0.hasPrefix("@@BLKPCI \(name) ") })
+            disks[String(line.split(separator: " ")[2])] = name
+        }
+        return disks
+    }
+
+    /// The type of the iommu group of the guest's PCI device `bdf` (DMA, DMA-FQ, identity or blocked).
+    func groupType(_ machine: Machine, _ bdf: String) throws -> String {
+        let line = try #require(try machine.run("group_type \(bdf)").first { $0.hasPrefix("@@GROUPTYPE \(bdf) ") })
+        return String(line.split(separator: " ")[2])
     }
 
     /// The run's guest-visible rate; a run that reports none fails the test (it is never taken as 0).

@@ -20,13 +20,14 @@ final class Machine {
     private var qmpFD: CInt = -1
     private var qmpPending: [UInt8] = []
 
-    init(qemu: String, arguments: [String], guest: GuestFiles, tag: String) throws {
+    /// `kernelArguments` go on the guest kernel's command line after "console=ttyS0 quiet" (e.g. "iommu.strict=1").
+    init(qemu: String, arguments: [String], guest: GuestFiles, tag: String, kernelArguments: [String] = []) throws {
         qmpPath = "/tmp/vhost-iommu-qmp-\(tag).sock"
         process.executableURL = URL(fileURLWithPath: qemu)
         process.arguments = [
             "-nodefaults", "-display", "none", "-accel", "tcg", "-cpu", "max", "-smp", "1",
             "-kernel", guest.kernel, "-initrd", guest.initramfs,
-            "-append", "console=ttyS0 quiet",
+            "-append", (["console=ttyS0", "quiet"] + kernelArguments).joined(separator: " "),
             "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
             "-qmp", "unix:\(qmpPath),server=on,wait=off",
         ] + arguments
@@ -61,16 +62,25 @@ final class Machine {
     /// Runs one command in the guest and returns its "@@" lines (the final "@@DONE rc" excluded).
     @discardableResult
     func run(_ command: String, timeout: Duration = .seconds(120)) throws -> [String] {
+        let (status, lines) = try runStatus(command, timeout: timeout)
+        guard status == 0 else {
+            throw MachineError(description: "guest command \"\(command)\" failed: @@DONE \(status)\n\(log)")
+        }
+        return lines
+    }
+
+    /// Runs one command in the guest and returns its exit status and "@@" lines, whatever the status.
+    func runStatus(_ command: String, timeout: Duration = .seconds(120)) throws -> (status: Int, lines: [String]) {
         send(command)
         var lines: [String] = []
         let deadline = ContinuousClock.now + timeout
         while true {
             guard let line = try nextLine(deadline: deadline) else { continue }
             if line.hasPrefix("@@DONE ") {
-                guard line == "@@DONE 0" else {
-                    throw MachineError(description: "guest command \"\(command)\" failed: \(line)\n\(log)")
+                guard let status = Int(line.dropFirst("@@DONE ".count)) else {
+                    throw MachineError(description: "guest command \"\(command)\": unreadable \(line)\n\(log)")
                 }
-                return lines
+                return (status, lines)
             }
             if line.hasPrefix("@@") { lines.append(line) }
         }
@@ -108,13 +118,20 @@ final class Machine {
 
     /// Runs one QMP command and returns its "return" object (events on the way are skipped).
     @discardableResult
-    func qmp(_ command: String) throws -> [String: Any] {
+    func qmp(_ command: String, arguments: [String: Any] = [:]) throws -> [String: Any] {
+        try qmpValue(command, arguments: arguments) as? [String: Any] ?? [:]
+    }
+
+    /// Runs one QMP command and returns its "return" value as it is (`qom-get` returns a number or a string).
+    func qmpValue(_ command: String, arguments: [String: Any] = [:]) throws -> Any {
         if qmpFD < 0 { try connectQMP() }
-        try qmpSend(#"{"execute":"\#(command)"}"#)
+        var request: [String: Any] = ["execute": command]
+        if !arguments.isEmpty { request["arguments"] = arguments }
+        try qmpSend(String(decoding: try JSONSerialization.data(withJSONObject: request), as: UTF8.self))
         while true {
             let reply = try qmpReadObject()
             if let error = reply["error"] { throw MachineError(description: "QMP \(command): \(error)") }
-            if let value = reply["return"] { return value as? [String: Any] ?? [:] }
+            if let value = reply["return"] { return value }
         }
     }
 
