@@ -157,6 +157,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             var ready = false
             try loop.wait(timeout: -1) { token, _ in if token == Self.listenerToken { ready = true } }
             SystemCall.drain(loop.wakeDescriptor.descriptor)
+            device.loopWoken()
             if ready, !isStopRequested {
                 do { return try SystemCall.accept(listener.socket.descriptor) } catch .wouldBlock { continue }
             }
@@ -206,6 +207,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                 switch token {
                 case EventLoop.wakeToken:
                     SystemCall.drain(loop.wakeDescriptor.descriptor)
+                    device.loopWoken()
                 case Self.connectionToken:
                     let hangup = events & (cvu_epollhup | cvu_epollerr) != 0
                     if events & cvu_epollout != 0 || hangup { flushOutput() }

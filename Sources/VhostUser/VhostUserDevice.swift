@@ -39,6 +39,9 @@ public protocol VhostUserDevice: AnyObject {
     func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void)
     /// Returns the device to its initial state (guest reset, RESET_DEVICE or front-end disconnect).
     func reset()
+    /// The loop's wake eventfd fired (another thread asked for the loop: `VhostUserBackend.waker`); the
+    /// device runs what it queued for the loop thread. Default: nothing.
+    func loopWoken()
     /// The front-end connection ended (before the reset that follows): whatever the device set up with
     /// that front-end (device requests, watched descriptors) ends with it. Default: nothing.
     func frontendDisconnected()
@@ -80,6 +83,7 @@ extension VhostUserDevice {
     }
 
     public func frontendDisconnected() {}
+    public func loopWoken() {}
     public func completionMustWait(queue: Int) -> Bool { false }
     public func completionMayProceed(queue: Int) -> Bool { true }
     public func completionForced(queue: Int) {}

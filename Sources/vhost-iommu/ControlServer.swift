@@ -134,6 +134,13 @@ final class ControlServer: @unchecked Sendable {
             case .failure(.invalidRange):
                 return .error("length must be at least 1 and the range must end by 2^64-1")
             }
+        case "detach":
+            guard let endpoint = request.endpoint else { return .error("detach needs endpoint") }
+            let waker = device.waker.withLock { $0 }
+            switch device.detachForOperator(endpoint: endpoint, waker: waker) {
+            case .success: return ControlReply(ok: true)
+            case .failure(let failure): return .error(failure.reason)
+            }
         case "stats":
             var stats = device.model.withLock { Statistics($0) }
             backendCounters.withLock { $0?(&stats) }

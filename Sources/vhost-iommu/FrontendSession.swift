@@ -41,8 +41,8 @@ final class FrontendSession {
 
     /// The queue size HELLO announces (QEMU sizes both virtqueues with it).
     static let queueSize: UInt32 = 256
-    /// What this back-end grants: nothing optional yet (no commit window, no changes of its own).
-    static let capabilities: FrontendCapabilities = []
+    /// What this back-end grants: changes of its own (an operator's DETACH, §6.1); no commit window yet.
+    static let capabilities: FrontendCapabilities = [.localChanges]
 
     private var phase = Phase.idle
     /// Set by `publishRequest` when the request just handled must wait; taken by the engine's question.
@@ -232,6 +232,58 @@ final class FrontendSession {
                 }
             }
             return active.waiting == nil
+        } catch {
+            end(violation: "progress: \(error)", model: &model)
+            return true
+        }
+    }
+
+    enum LocalOutcome {
+        case done
+        case waiting(LogCommit)
+        case failed(String)
+    }
+
+    /// A change the daemon made itself (the model already made it, recorded): published as a LOCAL
+    /// group (§6.1), to be acknowledged when it holds a DETACH.
+    func publishLocal(of model: inout Device) -> LocalOutcome {
+        guard case .active(let active) = phase else {
+            model.drainChanges { _ in }
+            return .done
+        }
+        guard active.hello.capabilities.contains(.localChanges) else {
+            model.drainChanges { _ in }
+            return .failed("the front-end did not accept changes of the back-end's own (LOCAL_CHANGES)")
+        }
+        do {
+            try model.drainChanges { (change: StateChange) throws(LogWriterError) in
+                switch change {
+                case .domainDestroyed(let id): try active.writer.stage(.domainDestroy(domain: id))
+                case .detached(let endpoint, let domain): try active.writer.stage(.detach(endpoint: endpoint, domain: domain))
+                default: break  // an operator's DETACH makes no other change
+                }
+            }
+            switch try active.writer.commitLocal() {
+            case .committed(let commit):
+                if commit.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
+                return commit.needsAcknowledgement ? .waiting(commit) : .done
+            case .noSpace:
+                active.writer.discardStaged()
+                return .failed("the front-end's log is full; try again")
+            }
+        } catch {
+            end(violation: "log: \(error)", model: &model)
+            return .failed("front-end session ended: \(error)")
+        }
+    }
+
+    /// Whether QEMU acknowledged `commit` (or the session that wanted it is gone).
+    func isAcknowledged(_ commit: LogCommit, model: inout Device) -> Bool {
+        guard case .active(let active) = phase else { return true }
+        do {
+            let progress = try active.writer.progress()
+            if progress.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
+            return commit.isAcknowledged(by: progress.acked)
         } catch {
             end(violation: "progress: \(error)", model: &model)
             return true

@@ -1,3 +1,5 @@
+import Dispatch
+import IOMMUFrontend
 import Logging
 import SystemPackage
 import PASIDStore
@@ -19,6 +21,24 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
     /// The front-end protocol's session (docs/frontend-protocol.md). Confined to the event-loop thread:
     /// every call that reaches it is a `VhostUserDevice` call, and the engine makes those from its loop.
     private nonisolated(unsafe) let frontend: FrontendSession
+    /// An operator's DETACH from the control socket, waiting for the loop thread (and QEMU's acknowledgement).
+    final class OperatorDetach: Sendable {
+        let endpoint: Endpoint.ID
+        let result = Mutex<Result<Void, DetachFailure>?>(nil)
+        let finished = DispatchSemaphore(value: 0)
+        init(endpoint: Endpoint.ID) { self.endpoint = endpoint }
+        func finish(_ outcome: Result<Void, DetachFailure>) {
+            result.withLock { $0 = outcome }
+            finished.signal()
+        }
+    }
+
+    struct DetachFailure: Error, Sendable { let reason: String }
+
+    private let operatorRequests = Mutex<[OperatorDetach]>([])
+    /// Operator DETACHes published and waiting for QEMU's acknowledgement (loop thread only).
+    private nonisolated(unsafe) var acknowledgementWaiters: [(LogCommit, OperatorDetach)] = []
+
     /// For what a reset could not undo (the PASID store refusing to take this VM's PASIDs back).
     private let logger: Logger
 
@@ -104,9 +124,64 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
 
     var watchedDescriptors: [FileDescriptor] { frontend.acknowledgementDescriptor.map { [$0] } ?? [] }
 
-    func watchedDescriptorReady(_ descriptor: FileDescriptor) { SystemCall.drain(descriptor) }
+    func watchedDescriptorReady(_ descriptor: FileDescriptor) {
+        SystemCall.drain(descriptor)
+        guard !acknowledgementWaiters.isEmpty else { return }
+        let session = frontend
+        let waiters = acknowledgementWaiters
+        let pending = model.withLock { device in waiters.filter { !session.isAcknowledged($0.0, model: &device) } }
+        for (_, request) in waiters where !pending.contains(where: { $0.1 === request }) { request.finish(.success(())) }
+        acknowledgementWaiters = pending
+    }
+
+    // MARK: An operator's DETACH (control socket)
+
+    /// Detaches `endpoint` from its domain as the operator asks: on the loop thread, and, with QEMU's
+    /// front-end, only once QEMU acknowledged it (its DMA is refused from then on). Blocks the caller
+    /// (the control thread) for at most `timeout`.
+    func detachForOperator(endpoint: Endpoint.ID, waker: Waker?, timeout: DispatchTimeInterval = .seconds(5)) -> Result<Void, DetachFailure> {
+        guard let waker else { return .failure(DetachFailure(reason: "the device is not being served")) }
+        let request = OperatorDetach(endpoint: endpoint)
+        operatorRequests.withLock { $0.append(request) }
+        waker.wake()
+        guard request.finished.wait(timeout: .now() + timeout) == .success else {
+            return .failure(DetachFailure(reason: "no answer from the event loop or the front-end in time"))
+        }
+        return request.result.withLock { $0 } ?? .failure(DetachFailure(reason: "no result"))
+    }
+
+    func loopWoken() {
+        let requests = operatorRequests.withLock { queued in
+            defer { queued.removeAll() }
+            return queued
+        }
+        let session = frontend
+        for request in requests {
+            logger.debug("operator DETACH of endpoint \(request.endpoint)")
+            let outcome: FrontendSession.LocalOutcome = model.withLock { device in
+                guard let domain = device.endpoints[request.endpoint]?.domain else {
+                    return .failed(device.endpoints[request.endpoint] == nil ? "unknown endpoint \(request.endpoint)"
+                                                                             : "endpoint \(request.endpoint) is in no domain")
+                }
+                let status = device.execute(DetachRequest(domain: domain, endpoint: request.endpoint))
+                guard status == .ok else {
+                    device.drainChanges { _ in }
+                    return .failed("DETACH refused: \(status)")
+                }
+                return device.recordsChanges ? session.publishLocal(of: &device) : .done
+            }
+            logger.debug("operator DETACH of endpoint \(request.endpoint): \(outcome)")
+            switch outcome {
+            case .done: request.finish(.success(()))
+            case .waiting(let commit): acknowledgementWaiters.append((commit, request))
+            case .failed(let reason): request.finish(.failure(DetachFailure(reason: reason)))
+            }
+        }
+    }
 
     func frontendDisconnected() {
+        for (_, request) in acknowledgementWaiters { request.finish(.success(())) }  // done in the model; QEMU is gone
+        acknowledgementWaiters = []
         let session = frontend
         model.withLock { device in session.end(model: &device) }
     }

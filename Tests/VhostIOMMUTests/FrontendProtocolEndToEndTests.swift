@@ -1,6 +1,7 @@
 import DaemonTestSupport
 @testable import vhost_iommu
 import Glibc
+import Synchronization
 import IOMMUFrontend
 import SystemPackage
 import Testing
@@ -36,7 +37,7 @@ import VirtioIOMMU
         let hello = HelloRequest(capabilities: .version1)
         let helloReply = try Self.request(frontend, .hello, hello.encoded)
         let reply = try helloReply.withUnsafeBytes { bytes throws(FrontendWireError) in try HelloReply(decoding: bytes, for: hello) }
-        #expect(reply.version == 1 && reply.capabilities == [] && reply.queueSize == 256)
+        #expect(reply.version == 1 && reply.capabilities == [.localChanges] && reply.queueSize == 256)
         #expect(try Self.status(Self.request(frontend, .hello, hello.encoded)) == .badState, "§2.3: HELLO once")
 
         // §4.1: a region that can still shrink is refused; a sealed one is taken.
@@ -49,7 +50,8 @@ import VirtioIOMMU
                                              fds: [unsealed.rawValue, bell.rawValue, ack.rawValue])) == .invalid)
         let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "region", size: Int(layout.regionSize)))
         let region = FrontendRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
-        var mirror = MirrorReader(memory: region, layout: layout, rules: .init(granule: 4096, capabilities: [], queueSize: 256), startIndex: 0)
+        var mirror = MirrorReader(memory: region, layout: layout, rules: .init(granule: 4096, capabilities: [.localChanges], queueSize: 256),
+                                  startIndex: 0)
         #expect(try Self.status(Self.request(frontend, .setRegion, setRegion.encoded,
                                              fds: [file.rawValue, bell.rawValue, ack.rawValue])) == .ok)
         mirror.loadEndpointBitmap()
@@ -101,6 +103,30 @@ import VirtioIOMMU
         #expect(mirror.domains.isEmpty && mirror.endpointDomain.isEmpty)
         #expect(mirror.violation == nil && mirror.invariantViolation() == nil)
         #expect(try daemon.stats()["domains"] as? Int == 0)
+        // §6.1: an operator's DETACH (control socket) is a LOCAL group; the control request returns only
+        // after QEMU acknowledged it, and the mirror no longer has the endpoint attached.
+        let again = send(AttachRequest(domain: 2, endpoint: 16).encoded)
+        #expect(pollReadable(bell.descriptor))
+        _ = try mirror.drain()
+        SystemCall.drain(bell.descriptor)
+        SystemCall.signal(ack.descriptor)
+        #expect(requests.waitForUsed(1) == [DriverQueue.Used(head: again, length: 4)])
+        let answer = Mutex<Bool?>(nil)  // the control reply's "ok", once it came
+        let box = UncheckedSendable(value: daemon)
+        let operatorThread = OSThread {
+            let ok = (try? box.value.control(#"{"op":"detach","endpoint":16}"#))?["ok"] as? Bool ?? false
+            answer.withLock { $0 = ok }
+        }
+        #expect(pollReadable(bell.descriptor), "the operator's DETACH rang the doorbell")
+        #expect(answer.withLock { $0 } == nil, "the control request waits for the acknowledgement")
+        _ = try mirror.drain()
+        #expect(mirror.endpointDomain[16] == nil && mirror.domains[2] == nil)
+        SystemCall.drain(bell.descriptor)
+        SystemCall.signal(ack.descriptor)
+        operatorThread.join()
+        #expect(answer.withLock { $0 } == true)
+        #expect(try daemon.control(#"{"op":"detach","endpoint":16}"#)["error"] as? String == "endpoint 16 is in no domain")
+
         // §8.2 resync is not implemented yet: STATE_PUSH is refused, and says so.
         #expect(try Self.status(Self.request(frontend, .statePush, [UInt8](repeating: 0, count: 40),
                                              fds: [try SystemCall.memfd(name: "s", size: 64).rawValue])) == .unsupported)
@@ -114,3 +140,6 @@ private func pollReadable(_ fd: FileDescriptor) -> Bool {
     var entry = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
     return poll(&entry, 1, 5000) == 1
 }
+
+/// Hands a value that is used by one thread at a time to another thread.
+private struct UncheckedSendable<T>: @unchecked Sendable { let value: T }
