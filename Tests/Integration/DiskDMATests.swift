@@ -189,6 +189,31 @@ struct DiskDMATests: GuestWorkload {
               + String(format: "%.1f MB/s, read %.1f MB/s; 4 KiB random read %.0f IOPS", bench.writeMBps, bench.readMBps, bench.iops)
               + " (\(result["random_reads"] ?? "?") reads in \(result["random_seconds"] ?? "?") s)")
 
+        // QEMU's own messages so far; what the negative control below makes QEMU say is its business.
+        let transcriptBeforeNegativeControl = machine.transcript.count
+
+        // Negative control (issue 14, same run): bypass is off, and the operator detaches the root-port disk's
+        // endpoint from every domain (control socket "detach": a LOCAL change QEMU acknowledges first). I/O to
+        // that disk must now fail: QEMU refuses its DMA rather than letting it through untranslated, and the
+        // host image keeps what it had.
+        if let daemon {
+            let target = Self.rootPort
+            let name = try #require(disks[target.bdf])
+            let refusedBefore = try counter("x-refused")
+            let imageBefore = try Data(contentsOf: URL(fileURLWithPath: try #require(images[target.drive]).path))
+            let detached = try daemon.control(#"{"op":"detach","endpoint":\#(target.endpoint)}"#)
+            #expect(detached["ok"] as? Bool == true, "\(detached)")
+            #expect(!(try domains(daemon)).contains { $0.endpoints.contains(target.endpoint) })
+            let attempt = try blkIO(machine, "/dev/\(name) write \(1 << 20) \(Self.blockSize) 0x5eed", timeout: 10)
+            #expect(attempt["status"] != "ok", "a write to a detached endpoint's disk must fail: \(attempt)")
+            let refused = try counter("x-refused") - refusedBefore
+            #expect(refused > 0, "QEMU refused the detached endpoint's DMA: x-refused +\(refused)")
+            let imageAfter = try Data(contentsOf: URL(fileURLWithPath: try #require(images[target.drive]).path))
+            #expect(imageAfter == imageBefore, "the host image changed although the endpoint was detached")
+            print("disk-dma: negative control: \(target) detached with bypass off: write \(attempt["status"] ?? "?"), "
+                  + "QEMU refused \(refused) DMA accesses, host image unchanged")
+        }
+
         machine.send("poweroff -f")
         #expect(machine.waitForExit() == 0, "QEMU exit\n\(machine.log)")
         if let daemon {
@@ -198,7 +223,8 @@ struct DiskDMATests: GuestWorkload {
         }
         // QEMU's own messages start with its name. With bypass off, SeaBIOS's probe of q35's built-in AHCI
         // (00:1f.2, requester ID 0xfa) is refused before Linux runs; nothing else may be.
-        let complaints = machine.transcript.filter { $0.contains("qemu-system-x86_64:") && !iommu.expectedComplaint($0) }
+        let complaints = machine.transcript.prefix(transcriptBeforeNegativeControl)
+            .filter { $0.contains("qemu-system-x86_64:") && !iommu.expectedComplaint($0) }
         #expect(complaints.isEmpty, "QEMU said:\n\(complaints.joined(separator: "\n"))")
         let finished = ContinuousClock.now
         print("disk-dma: \(iommu) timings: boot \(seconds(booted - started)) s, checks \(seconds(checked - booted)) s, "
