@@ -57,3 +57,28 @@ public final class SharedFileMapping: @unchecked Sendable {
     public func loadByte(at offset: Int) -> UInt8 { pointer(offset, 1).load(as: UInt8.self) }
     public func fullFence() { cvu_full_fence() }
 }
+
+extension SharedFileMapping {
+    /// Reads the whole of a sealed file another process handed us (it can neither shrink nor grow while
+    /// we read), after checking that its size is exactly `size` (at most `maximumSize`).
+    public static func readSealedFile(_ descriptor: borrowing OwnedFileDescriptor, size: UInt64,
+                                      maximumSize: UInt64) throws(MappingError) -> [UInt8] {
+        guard size <= maximumSize, size <= UInt64(Int.max / 2) else { throw .tooLarge }
+        var info = stat()
+        guard fstat(descriptor.rawValue, &info) == 0 else { throw .system(Errno(rawValue: errno)) }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw .notARegularFile }
+        guard UInt64(info.st_size) == size else { throw .sizeMismatch(announced: size, actual: UInt64(info.st_size)) }
+        let seals = cvu_get_seals(descriptor.rawValue)
+        guard seals >= 0, seals & cvu_seal_shrink != 0, seals & cvu_seal_grow != 0 else { throw .notSealed }
+        var bytes = [UInt8](repeating: 0, count: Int(size))
+        var done = 0
+        let fd = descriptor.rawValue
+        while done < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw .system(Errno(rawValue: n < 0 ? errno : EIO)) }
+            done += n
+        }
+        return bytes
+    }
+}

@@ -23,6 +23,9 @@ final class FrontendSession {
         let acknowledgement: OwnedFileDescriptor
         /// The commit the request queue's waiting completion waits for, or a commit refused for space.
         var waiting: Waiting?
+        /// STATE_PUSH comes at most once per session, before the rings run (§2.3): after a request, refused.
+        var statePushed = false
+        var requestsHandled = false
 
         init(hello: HelloReply, region: FrontendRegion, writer: LogWriter, doorbell: consuming OwnedFileDescriptor,
              acknowledgement: consuming OwnedFileDescriptor) {
@@ -51,8 +54,12 @@ final class FrontendSession {
     /// Why the last session ended with a violation, for the log.
     private(set) var lastViolation: String?
 
-    init(endpoints: [Endpoint.ID]) {
-        self.endpoints = endpoints
+    /// The configuration a pushed state must fit (§8.2).
+    private let configuration: Configuration
+
+    init(configuration: Configuration) {
+        self.configuration = configuration
+        endpoints = configuration.endpoints.keys.sorted()
     }
 
     var isActive: Bool { if case .active = phase { true } else { false } }
@@ -68,9 +75,7 @@ final class FrontendSession {
         switch request {
         case .hello: return hello(payload)
         case .setRegion: return setRegion(payload, &descriptors, &model)
-        case .statePush:
-            // Resync after a reconnect (§8.2) is the next step; until then a reconnecting front-end is told so.
-            return (isActive ? FrontendStatus.unsupported : FrontendStatus.badState).encoded
+        case .statePush: return statePush(payload, &descriptors, &model)
         case .reset: return reset(payload, &model)
         }
     }
@@ -134,6 +139,64 @@ final class FrontendSession {
         }
     }
 
+    /// STATE_PUSH (§8.2): QEMU's mirror becomes the model, all or nothing, with no entry written. The
+    /// snapshot is untrusted input: decoded and checked against the configuration, then replayed as the
+    /// guest's own ATTACH and MAP requests on a copy of the model, each of which must succeed.
+    private func statePush(_ payload: [UInt8], _ descriptors: inout ReceivedDescriptors, _ model: inout Device) -> [UInt8] {
+        guard case .active(let active) = phase, !active.statePushed, !active.requestsHandled else {
+            return FrontendStatus.badState.encoded
+        }
+        let snapshot: StateSnapshot
+        do {
+            let request = try payload.withUnsafeBytes { bytes throws(FrontendWireError) in try StatePushRequest(decoding: bytes) }
+            guard request.epoch == active.writer.epoch else { return FrontendStatus.invalid.encoded }
+            let file = descriptors.take(0)
+            let bytes: [UInt8]
+            do {
+                bytes = try SharedFileMapping.readSealedFile(file, size: request.snapshotSize, maximumSize: StateSnapshot.maxSize)
+            } catch .system {
+                return FrontendStatus.failed.encoded
+            } catch {
+                return FrontendStatus.invalid.encoded
+            }
+            snapshot = try bytes.withUnsafeBytes { bytes throws(FrontendWireError) in try StateSnapshot(decoding: bytes, request: request) }
+        } catch {
+            return Self.status(for: error).encoded
+        }
+        let limits = configuration.limits
+        guard let known = EndpointBitmap(endpoints: endpoints) else { return FrontendStatus.refused.encoded }
+        let rules = StateSnapshot.Rules(knownEndpoints: known, granule: model.granule, inputRange: configuration.inputRange.first...configuration.inputRange.last,
+                                        domainRange: configuration.domainRange, maxDomains: limits.maxDomains,
+                                        maxMappings: limits.maxMappingsTotal, maxMappingsPerDomain: limits.maxMappingsPerDomain,
+                                        queueSize: active.hello.queueSize, capabilities: active.hello.capabilities)
+        do { try snapshot.validate(against: rules) } catch { return FrontendStatus.refused.encoded }
+        // The guest's features may not be negotiated yet (QEMU pushes before it starts the rings): the copy
+        // is judged with everything the device offers, then keeps what was negotiated.
+        var candidate = model
+        let negotiated = candidate.negotiatedFeatures
+        candidate.recordsChanges = false
+        candidate.reset()
+        candidate.negotiate(configuration.features)
+        candidate.restoreBypass(snapshot.bypass)
+        let bypassDomains = Set(snapshot.domains.filter(\.bypass).map(\.id))
+        for endpoint in snapshot.endpoints {
+            let flags = bypassDomains.contains(endpoint.domain) ? AttachRequest.flagBypass : 0
+            guard candidate.execute(AttachRequest(domain: endpoint.domain, endpoint: endpoint.endpoint, flags: flags)) == .ok else {
+                return FrontendStatus.refused.encoded
+            }
+        }
+        for m in snapshot.mappings {
+            let request = MapRequest(domain: m.domain, virtualStart: m.virtualStart, virtualEnd: m.virtualEnd,
+                                     physicalStart: m.physicalStart, flags: m.flags)
+            guard candidate.execute(request) == .ok else { return FrontendStatus.refused.encoded }
+        }
+        candidate.negotiate(negotiated)
+        candidate.recordsChanges = true
+        model = candidate
+        active.statePushed = true
+        return FrontendStatus.ok.encoded
+    }
+
     private func reset(_ payload: [UInt8], _ model: inout Device) -> [UInt8] {
         guard case .active(let active) = phase else { return FrontendStatus.badState.encoded }
         do {
@@ -160,6 +223,7 @@ final class FrontendSession {
             model.drainChanges { _ in }
             return false
         }
+        active.requestsHandled = true
         var outcome: CommitOutcome?
         var touchedDomain: Domain.ID?
         do {

@@ -46,7 +46,7 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
          logger: Logger = Logger(label: "vhost-iommu")) throws(ConfigurationError) {
         self.configuration = configuration
         self.logger = logger
-        frontend = FrontendSession(endpoints: configuration.endpoints.keys.sorted())
+        frontend = FrontendSession(configuration: configuration)
         model = Mutex(try Device(configuration: configuration, pasidStore: pasidStore, owner: owner))
     }
 

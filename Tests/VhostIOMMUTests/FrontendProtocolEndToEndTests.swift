@@ -127,11 +127,63 @@ import VirtioIOMMU
         #expect(answer.withLock { $0 } == true)
         #expect(try daemon.control(#"{"op":"detach","endpoint":16}"#)["error"] as? String == "endpoint 16 is in no domain")
 
-        // §8.2 resync is not implemented yet: STATE_PUSH is refused, and says so.
-        #expect(try Self.status(Self.request(frontend, .statePush, [UInt8](repeating: 0, count: 40),
-                                             fds: [try SystemCall.memfd(name: "s", size: 64).rawValue])) == .unsupported)
+        // §2.3: STATE_PUSH comes before the rings start, at most once; here the rings run.
+        #expect(try Self.push(frontend, mirror.snapshot(bypass: false)) == .badState)
         frontend.disconnect()
         #expect(daemon.terminate() == 0)
+    }
+}
+
+extension FrontendProtocolEndToEndTests {
+    // §8.2: a restarted daemon adopts the state QEMU pushes, all or nothing: domains, attachments and
+    // mappings, checked as the guest's own requests would be. A snapshot that maps over an endpoint's
+    // reserved MSI window (D45) is refused and changes nothing; a good one then goes through.
+    @Test func aRestartedDaemonAdoptsThePushedState() throws {
+        let daemon = try Daemon(["--endpoint", "8", "--endpoint", "16", "--bypass", "off", "--reconnect"])
+        let bad = StateSnapshot(epoch: 3, bypass: false, domains: [.init(id: 1, bypass: false)], endpoints: [.init(endpoint: 8, domain: 1)],
+                                mappings: [.init(domain: 1, flags: 3, virtualStart: 0xfee0_0000, virtualEnd: 0xfee0_0fff, physicalStart: 0)])
+        let (first, refused) = try Self.reconnect(daemon, epoch: 3, push: bad)
+        #expect(refused == .refused)
+        #expect(try daemon.stats()["domains"] as? Int == 0, "a refused snapshot changes nothing")
+        first.disconnect()
+        let good = StateSnapshot(epoch: 4, bypass: false,
+                                 domains: [.init(id: 1, bypass: false), .init(id: 2, bypass: true)],
+                                 endpoints: [.init(endpoint: 8, domain: 1), .init(endpoint: 16, domain: 2)],
+                                 mappings: [.init(domain: 1, flags: 3, virtualStart: 0x10000, virtualEnd: 0x1ffff, physicalStart: 0x400000)])
+        let (second, adopted) = try Self.reconnect(daemon, epoch: 4, push: good)
+        #expect(adopted == .ok)
+        let translated = try daemon.control(#"{"op":"translate","endpoint":8,"iova":67584,"length":8,"access":"write"}"#)
+        #expect((translated["segments"] as? [[String: Any]])?.first?["gpa"] as? Int == 0x400800, "\(translated)")
+        let listed = try daemon.control(#"{"op":"domains"}"#)["domains"] as? [[String: Any]] ?? []
+        #expect(listed.count == 2 && listed.contains { $0["id"] as? Int == 2 && $0["bypass"] as? Bool == true }, "\(listed)")
+        second.disconnect()
+        #expect(daemon.terminate() == 0)
+    }
+
+    /// STATE_PUSH of `snapshot` in a sealed memfd; the daemon's status.
+    static func push(_ frontend: TestFrontend, _ snapshot: StateSnapshot) throws -> FrontendStatus {
+        let bytes = snapshot.encoded
+        let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "snapshot", size: bytes.count))
+        _ = bytes.withUnsafeBytes { pwrite(file.rawValue, $0.baseAddress, $0.count, 0) }
+        return try status(request(frontend, .statePush, StatePushRequest(for: snapshot).encoded, fds: [file.rawValue]))
+    }
+
+    /// A front-end that connects to a daemon for the first time with a mirror to restore (a daemon
+    /// restart, §8.2): HELLO, SET_REGION with a new epoch, STATE_PUSH.
+    static func reconnect(_ daemon: Daemon, epoch: UInt32, push snapshot: StateSnapshot) throws -> (TestFrontend, FrontendStatus) {
+        let frontend = try daemon.connect()
+        let memory = try SharedMemory(size: 1 << 20)
+        _ = try frontend.initialize(queues: [try DriverQueue(memory: memory, index: 0, size: 16), try DriverQueue(memory: memory, index: 1, size: 16)])
+        _ = try request(frontend, .hello, HelloRequest(capabilities: .version1).encoded)
+        let layout = RegionLayout.standard(epoch: epoch, logEntries: 1024)
+        let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "region", size: Int(layout.regionSize)))
+        let region = FrontendRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
+        _ = MirrorReader(memory: region, layout: layout, rules: .init(granule: 4096, capabilities: [.localChanges], queueSize: 256), startIndex: 7)
+        let bell = OwnedFileDescriptor(try SystemCall.eventFD()), ack = OwnedFileDescriptor(try SystemCall.eventFD())
+        let set = SetRegionRequest(regionSize: layout.regionSize, epoch: epoch, startIndex: 7)
+        try #require(try status(request(frontend, .setRegion, set.encoded, fds: [file.rawValue, bell.rawValue, ack.rawValue])) == .ok)
+        // The daemon holds its own copies of the region and eventfds; ours may close.
+        return (frontend, try push(frontend, snapshot))
     }
 }
 
