@@ -37,10 +37,11 @@ public final class Daemon: @unchecked Sendable {
     /// arguments set `--poll-max-us`. A test daemon never uses the host's PASID store: arguments that turn
     /// the PASID extension on through an endpoint (`pasid=BITS`) without naming a store get a private one
     /// (`--pasid-store memory`); without either the daemon serves the plain device and opens no store.
+    /// `reusingSocketPath`: serve on this path (a daemon restarted where the front-end reconnects) instead of a new one.
     public init(_ arguments: [String] = [], waitForSocket: Bool = true, polling: Polling = .off,
-                executable: URL = Daemon.executable) throws {
+                executable: URL = Daemon.executable, reusingSocketPath: String? = nil) throws {
         let tag = "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        socketPath = "/tmp/vhost-iommu-test-\(tag).sock"
+        socketPath = reusingSocketPath ?? "/tmp/vhost-iommu-test-\(tag).sock"
         controlPath = "/tmp/vhost-iommu-test-\(tag).ctl"
         process.executableURL = executable
         var defaults = ["--socket-path", socketPath, "--control-socket", controlPath, "--log-level", "debug"]

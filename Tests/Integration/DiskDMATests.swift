@@ -110,6 +110,7 @@ struct DiskDMATests: GuestWorkload {
                                     polling: .daemonDefault, executable: RealGuestTests.daemonExecutable)
             daemon = server
             arguments += FrontendDeviceTests.iommuDevice(socket: server.socketPath)
+            arguments[arguments.count - 3] += ",reconnect-ms=100"  // the chardev: QEMU reconnects to a restarted daemon
             arguments[arguments.count - 1] += ",id=viommu0"
         }
         arguments += Self.placements.flatMap(\.devices)
@@ -189,8 +190,41 @@ struct DiskDMATests: GuestWorkload {
               + String(format: "%.1f MB/s, read %.1f MB/s; 4 KiB random read %.0f IOPS", bench.writeMBps, bench.readMBps, bench.iops)
               + " (\(result["random_reads"] ?? "?") reads in \(result["random_seconds"] ?? "?") s)")
 
-        // QEMU's own messages so far; what the negative control below makes QEMU say is its business.
-        let transcriptBeforeNegativeControl = machine.transcript.count
+        // QEMU's own messages so far; what the daemon's death and the negative control below make QEMU say
+        // (a lost connection, a refused DMA) is expected.
+        let transcriptBeforeDisruption = machine.transcript.count
+
+        // Disconnect and reconnect (issue 14 "Disconnect"): the daemon is killed (SIGKILL); QEMU keeps the
+        // translations it has; a new daemon on the same socket receives QEMU's mirror (STATE_PUSH, §8.2),
+        // and the root-bus disk's data goes through it again, checksummed.
+        if let killed = daemon {
+            let socket = killed.socketPath
+            killed.terminate(SIGKILL)
+            let endpoints = Self.placements.map(\.endpoint) + [Self.rootPortEndpoint]
+            let restarted = try Daemon(endpoints.flatMap { ["--endpoint", "\($0)"] } + ["--bypass", "off", "--log-level", "info"],
+                                       polling: .daemonDefault, executable: RealGuestTests.daemonExecutable, reusingSocketPath: socket)
+            daemon = restarted
+            let deadline = ContinuousClock.now + .seconds(20)
+            var resynced: [DomainState] = []
+            while ContinuousClock.now < deadline {
+                resynced = (try? domains(restarted)) ?? []
+                if Set(resynced.flatMap(\.endpoints)).isSuperset(of: Self.placements.map(\.endpoint)) { break }
+                _ = poll(nil, 0, 50)
+            }
+            #expect(Set(resynced.flatMap(\.endpoints)).isSuperset(of: Self.placements.map(\.endpoint)),
+                    "the restarted daemon holds the disks' attachments from QEMU's mirror: \(resynced)")
+            let name = try #require(disks[Self.rootBus.bdf])
+            let seed = "0x5e5e5e5e"
+            let written = try blkIO(machine, "/dev/\(name) write \(Self.range) \(Self.blockSize) \(seed)")
+            let read = try blkIO(machine, "/dev/\(name) read \(Self.range) \(Self.blockSize) \(seed)")
+            #expect(written["status"] == "ok" && read["status"] == "ok" && written["sum"] == read["sum"],
+                    "after the reconnect: write \(written), read \(read)\n\(machine.log)")
+            let expected = DiskPattern.hex(DiskPattern.fnv1a(DiskPattern.bytes(seed: 0x5e5e_5e5e, count: Self.range)))
+            #expect(written["sum"] == expected)
+            print("disk-dma: reconnect: daemon killed and restarted; QEMU pushed its mirror (\(resynced.count) domains); "
+                  + "16 MiB written and read back, sum \(written["sum"] ?? "?")")
+        }
+
 
         // Negative control (issue 14, same run): bypass is off, and the operator detaches the root-port disk's
         // endpoint from every domain (control socket "detach": a LOCAL change QEMU acknowledges first). I/O to
@@ -223,7 +257,7 @@ struct DiskDMATests: GuestWorkload {
         }
         // QEMU's own messages start with its name. With bypass off, SeaBIOS's probe of q35's built-in AHCI
         // (00:1f.2, requester ID 0xfa) is refused before Linux runs; nothing else may be.
-        let complaints = machine.transcript.prefix(transcriptBeforeNegativeControl)
+        let complaints = machine.transcript.prefix(transcriptBeforeDisruption)
             .filter { $0.contains("qemu-system-x86_64:") && !iommu.expectedComplaint($0) }
         #expect(complaints.isEmpty, "QEMU said:\n\(complaints.joined(separator: "\n"))")
         let finished = ContinuousClock.now
