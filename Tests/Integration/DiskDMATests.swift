@@ -88,45 +88,18 @@ struct DiskDMATests: GuestWorkload {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
 
-        // Raw images pre-filled with their own pattern, so that a write that never reached the image shows.
-        // Not cache=none: /tmp may be tmpfs, which refuses the O_DIRECT that QEMU would open the image with.
-        var images: [String: (path: String, prefill: [UInt8])] = [:]
-        var arguments = RealGuestTests.memory("512M") + ["-boot", "strict=on"]
-        for placement in Self.placements {
-            let path = folder.appendingPathComponent("\(placement.drive).img").path
-            let prefill = DiskPattern.bytes(seed: placement.prefillSeed, count: Self.imageSize)
-            try #require(FileManager.default.createFile(atPath: path, contents: Data(prefill)), "\(path)")
-            images[placement.drive] = (path, prefill)
-            arguments += ["-drive", "if=none,id=\(placement.drive),format=raw,file=\(path)"]
-        }
-
-        var daemon: Daemon?
-        switch iommu {
-        case .builtIn:
-            arguments += ["-device", "virtio-iommu-pci,bus=pcie.0,addr=02.0,id=viommu0,boot-bypass=off"]
-        case .vhostUser:
-            let endpoints = Self.placements.map(\.endpoint) + [Self.rootPortEndpoint]
-            let server = try Daemon(endpoints.flatMap { ["--endpoint", "\($0)"] } + ["--bypass", "off", "--log-level", "info"],
-                                    polling: .daemonDefault, executable: RealGuestTests.daemonExecutable)
-            daemon = server
-            arguments += FrontendDeviceTests.iommuDevice(socket: server.socketPath)
-            arguments[arguments.count - 3] += ",reconnect-ms=100"  // the chardev: QEMU reconnects to a restarted daemon
-            arguments[arguments.count - 1] += ",id=viommu0"
-        }
-        arguments += Self.placements.flatMap(\.devices)
-
-        let machine = try Machine(qemu: files.qemu, arguments: arguments, guest: files,
-                                  tag: "disk-\(iommu)-\(getpid())", kernelArguments: ["iommu.strict=1"])
+        let endpoints = Self.placements.map(\.endpoint) + [Self.rootPortEndpoint]
+        let vm = try startDiskMachine(iommu, placements: Self.placements, endpoints: endpoints, files: files, folder: folder,
+                                      tag: "disk-\(iommu)-\(getpid())")
+        let (machine, images) = (vm.machine, vm.images)
+        var daemon = vm.daemon  // replaced when the test restarts it
         try machine.waitFor("@@READY")
         let booted = ContinuousClock.now
         #expect(try machine.run("driver /sys/bus/virtio/devices/virtio0/driver") == ["@@DRIVER /sys/bus/virtio/devices/virtio0/driver virtio_iommu"])
         let disks = try disksByPCIAddress(machine, names: ["vda", "vdb"])
         // The front-end's counters (qemu/patches 0004): SeaBIOS's AHCI probe was refused at boot; the disks'
         // DMA must add translations and no refusal.
-        let backend = "/machine/peripheral/viommu0/virtio-backend"
-        func counter(_ name: String) throws -> Int {
-            try #require(try machine.qmpValue("qom-get", arguments: ["path": backend, "property": name]) as? Int, "qom-get \(name)")
-        }
+        func counter(_ name: String) throws -> Int { try frontendCounter(machine, name) }
         let (translationsBefore, refusedBefore) = iommu == .vhostUser ? (try counter("x-translations"), try counter("x-refused")) : (0, 0)
         #expect(Set(disks.keys) == Set(Self.placements.map(\.bdf)), "disks by PCI address: \(disks)")
 

@@ -103,4 +103,58 @@ extension GuestWorkload {
     }
 
     func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+
+    // MARK: A VM with virtio-blk disks behind an IOMMU (DiskDMATests' set-up, shared with CPUCostBenchmark)
+
+    /// Starts, without waiting for the guest, a VM whose `placements`' disks DMA through `iommu` with bypass
+    /// off, `-boot strict=on` and `iommu.strict=1` (DiskDMATests says why). Each disk is a raw image of
+    /// `DiskDMATests.imageSize` bytes in `folder`, pre-filled with its placement's pattern. For
+    /// vhost-user-iommu-pci the daemon knows `endpoints` and gets `daemonArguments` too. Either IOMMU has the
+    /// id viommu0 (`frontendCounter` reads the daemon's front-end by it).
+    func startDiskMachine(_ iommu: DiskDMATests.IOMMU, placements: [DiskDMATests.Placement], endpoints: [Int],
+                          daemonArguments: [String] = ["--log-level", "info"], files: GuestFiles, folder: URL,
+                          tag: String) throws -> DiskMachine {
+        // Raw images pre-filled with their own pattern, so that a write that never reached the image shows.
+        // Not cache=none: /tmp may be tmpfs, which refuses the O_DIRECT that QEMU would open the image with.
+        var images: [String: (path: String, prefill: [UInt8])] = [:]
+        var arguments = RealGuestTests.memory("512M") + ["-boot", "strict=on"]
+        for placement in placements {
+            let path = folder.appendingPathComponent("\(placement.drive).img").path
+            let prefill = DiskPattern.bytes(seed: placement.prefillSeed, count: DiskDMATests.imageSize)
+            try #require(FileManager.default.createFile(atPath: path, contents: Data(prefill)), "\(path)")
+            images[placement.drive] = (path, prefill)
+            arguments += ["-drive", "if=none,id=\(placement.drive),format=raw,file=\(path)"]
+        }
+
+        var daemon: Daemon?
+        switch iommu {
+        case .builtIn:
+            arguments += ["-device", "virtio-iommu-pci,bus=pcie.0,addr=02.0,id=viommu0,boot-bypass=off"]
+        case .vhostUser:
+            let server = try Daemon(endpoints.flatMap { ["--endpoint", "\($0)"] } + ["--bypass", "off"] + daemonArguments,
+                                    polling: .daemonDefault, executable: RealGuestTests.daemonExecutable)
+            daemon = server
+            arguments += FrontendDeviceTests.iommuDevice(socket: server.socketPath)
+            arguments[arguments.count - 3] += ",reconnect-ms=100"  // the chardev: QEMU reconnects to a restarted daemon
+            arguments[arguments.count - 1] += ",id=viommu0"
+        }
+        arguments += placements.flatMap(\.devices)
+        let machine = try Machine(qemu: files.qemu, arguments: arguments, guest: files, tag: tag, kernelArguments: ["iommu.strict=1"])
+        return DiskMachine(machine: machine, daemon: daemon, images: images)
+    }
+
+    /// One of vhost-user-iommu-pci's counters (qemu/patches 0004: x-translations, x-refused, x-log-entries,
+    /// x-doorbells, …), read with qom-get from the device that `startDiskMachine` named viommu0.
+    func frontendCounter(_ machine: Machine, _ name: String) throws -> Int {
+        try #require(try machine.qmpValue("qom-get", arguments: ["path": "/machine/peripheral/viommu0/virtio-backend", "property": name]) as? Int,
+                     "qom-get \(name)")
+    }
+}
+
+/// What `startDiskMachine` started: the VM, the daemon behind vhost-user-iommu-pci (nil for the built-in
+/// device), and each disk's image by drive id with what it held before the guest ran.
+struct DiskMachine {
+    var machine: Machine
+    var daemon: Daemon?
+    var images: [String: (path: String, prefill: [UInt8])]
 }
