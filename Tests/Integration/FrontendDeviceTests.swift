@@ -74,6 +74,19 @@ struct FrontendDeviceTests: GuestWorkload {
         let unknownFaults = machine.transcript.filter { $0.contains("unknown fault") }
         #expect(unknownFaults.isEmpty, "event buffers came back empty:\n\(unknownFaults.joined(separator: "\n"))")
 
+        // A guest reboot is a system reset: QEMU falls back to the boot state by itself (issue 14 "Bypass")
+        // and tells the daemon (RESET, docs/frontend-protocol.md §7); no domain survives, and the rebooted
+        // guest's endpoints attach and map again from scratch.
+        let resetsBefore = try daemon.stats()["resets"] as? Int ?? -1
+        machine.send("reboot -f")  // the reboot(2) call itself: the guest's /init is a shell, not busybox init
+        try machine.waitFor("@@READY")
+        #expect((try daemon.stats()["resets"] as? Int ?? -1) > resetsBefore, "the reboot reset the device")
+        let regroup = try bindVFIO(machine, Self.workloadBDF)
+        let afterReboot = try requestCounts(daemon)
+        _ = try vfioRun(machine, group: regroup, 64, 1)
+        counts = try requestCounts(daemon)
+        #expect(delta(counts, afterReboot, "MAP/OK") == 64 + 1 && failures(counts).isEmpty, "\(counts)")
+
         // Clean shutdown on both sides, and nothing QEMU complained about on the way (its messages start with
         // its name: a refused configuration, a failed vhost start, a lost connection).
         machine.send("poweroff -f")
