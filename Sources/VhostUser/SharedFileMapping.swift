@@ -19,13 +19,8 @@ public final class SharedFileMapping: @unchecked Sendable {
     private let base: UnsafeMutableRawPointer
 
     public init(descriptor: borrowing OwnedFileDescriptor, size: UInt64, maximumSize: UInt64) throws(MappingError) {
-        guard size > 0, size <= maximumSize, size <= UInt64(Int.max / 2) else { throw .tooLarge }
-        var info = stat()
-        guard fstat(descriptor.rawValue, &info) == 0 else { throw .system(Errno(rawValue: errno)) }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw .notARegularFile }
-        guard UInt64(info.st_size) == size else { throw .sizeMismatch(announced: size, actual: UInt64(info.st_size)) }
-        let seals = cvu_get_seals(descriptor.rawValue)
-        guard seals >= 0, seals & cvu_seal_shrink != 0, seals & cvu_seal_grow != 0 else { throw .notSealed }
+        guard size > 0 else { throw .tooLarge }
+        try Self.checkSealedFile(descriptor, size: size, maximumSize: maximumSize)
         do {
             base = try SystemCall.mapShared(descriptor.descriptor, length: Int(size), offset: 0)
         } catch {
@@ -63,13 +58,7 @@ extension SharedFileMapping {
     /// we read), after checking that its size is exactly `size` (at most `maximumSize`).
     public static func readSealedFile(_ descriptor: borrowing OwnedFileDescriptor, size: UInt64,
                                       maximumSize: UInt64) throws(MappingError) -> [UInt8] {
-        guard size <= maximumSize, size <= UInt64(Int.max / 2) else { throw .tooLarge }
-        var info = stat()
-        guard fstat(descriptor.rawValue, &info) == 0 else { throw .system(Errno(rawValue: errno)) }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw .notARegularFile }
-        guard UInt64(info.st_size) == size else { throw .sizeMismatch(announced: size, actual: UInt64(info.st_size)) }
-        let seals = cvu_get_seals(descriptor.rawValue)
-        guard seals >= 0, seals & cvu_seal_shrink != 0, seals & cvu_seal_grow != 0 else { throw .notSealed }
+        try checkSealedFile(descriptor, size: size, maximumSize: maximumSize)
         var bytes = [UInt8](repeating: 0, count: Int(size))
         var done = 0
         let fd = descriptor.rawValue
@@ -80,5 +69,17 @@ extension SharedFileMapping {
             done += n
         }
         return bytes
+    }
+
+    /// A regular file of exactly `size` bytes (at most `maximumSize`) that can neither shrink nor grow.
+    private static func checkSealedFile(_ descriptor: borrowing OwnedFileDescriptor, size: UInt64,
+                                        maximumSize: UInt64) throws(MappingError) {
+        guard size <= maximumSize, size <= UInt64(Int.max / 2) else { throw .tooLarge }
+        var info = stat()
+        guard fstat(descriptor.rawValue, &info) == 0 else { throw .system(Errno(rawValue: errno)) }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw .notARegularFile }
+        guard UInt64(info.st_size) == size else { throw .sizeMismatch(announced: size, actual: UInt64(info.st_size)) }
+        let seals = cvu_get_seals(descriptor.rawValue)
+        guard seals >= 0, seals & cvu_seal_shrink != 0, seals & cvu_seal_grow != 0 else { throw .notSealed }
     }
 }
