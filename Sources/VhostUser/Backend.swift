@@ -293,7 +293,6 @@ public final class VhostUserBackend: @unchecked Sendable {
         ackedFeatures = 0
         protocolFeatures = []
         backendChannel = nil
-        watchDeviceDescriptors()
         if let dropped = inputWarnings.takeSuppressions() {
             logger.warning("\(dropped) more warnings about guest or front-end input were suppressed")
         }
@@ -475,7 +474,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         let previousUsed = queue.usedIndex
         var handled = 0
         var ringError: RingError?
-        var ringEmpty = false
+        var turnOver = false  // the ring is empty, or a completion waits
 
         /// Pops chains until none is left (with kicks re-armed) or the batch is full; refused chains
         /// complete with used length 0, valid ones go to `handle`.
@@ -499,7 +498,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                                 // Head-of-line: this completion and every later chain wait for the device.
                                 queue.waitingCompletion = (head, UInt32(clamping: length))
                                 queue.publishUsed()
-                                ringEmpty = true
+                                turnOver = true
                                 return
                             }
                         }
@@ -508,8 +507,8 @@ public final class VhostUserBackend: @unchecked Sendable {
                     }
                     queue.publishUsed()
                     if handled >= batchEnd || queue.descriptorsWalked &- walkedAtStart >= Self.lockBatchDescriptors { return }
-                    guard try queue.armKick() else { ringEmpty = true; return }
-                    if onDemand && !device.hasPendingWork(queue: queue.index) { ringEmpty = true; return }
+                    guard try queue.armKick() else { turnOver = true; return }
+                    if onDemand && !device.hasPendingWork(queue: queue.index) { turnOver = true; return }
                 }
             } catch {
                 queue.publishUsed()  // what completed before the ring error stands
@@ -525,7 +524,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             } else {
                 device.processChains(queue: queue.index, drainBatch)
             }
-            if ringEmpty || ringError != nil { break }
+            if turnOver || ringError != nil { break }
             if handled >= Self.chainBudget || ContinuousClock.now - turnStarted >= Self.turnTimeLimit {
                 // Let the socket and other queues run; come back through our own kick.
                 if let kick = queue.kick?.descriptor { SystemCall.signal(kick) }

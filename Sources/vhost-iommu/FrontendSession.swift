@@ -35,6 +35,8 @@ final class FrontendSession {
             self.doorbell = doorbell
             self.acknowledgement = acknowledgement
         }
+
+        func ringDoorbell() { SystemCall.signal(doorbell.descriptor) }
     }
 
     enum Waiting {
@@ -50,7 +52,8 @@ final class FrontendSession {
     private var phase = Phase.idle
     /// Set by `publishRequest` when the request just handled must wait; taken by the engine's question.
     private var waitRequested = false
-    private let endpoints: [Endpoint.ID]
+    /// The endpoints this daemon serves, as the region's bitmap names them; nil if one is ≥ 65536.
+    private let endpointBitmap: EndpointBitmap?
     /// Why the last session ended with a violation, for the log.
     private(set) var lastViolation: String?
 
@@ -59,7 +62,7 @@ final class FrontendSession {
 
     init(configuration: Configuration) {
         self.configuration = configuration
-        endpoints = configuration.endpoints.keys.sorted()
+        endpointBitmap = EndpointBitmap(endpoints: configuration.endpoints.keys)
     }
 
     var isActive: Bool { if case .active = phase { true } else { false } }
@@ -105,7 +108,7 @@ final class FrontendSession {
         } catch {
             return Self.status(for: error).encoded
         }
-        guard let bitmap = EndpointBitmap(endpoints: endpoints) else { return FrontendStatus.refused.encoded }
+        guard let bitmap = endpointBitmap else { return FrontendStatus.refused.encoded }
         let regionFile = descriptors.take(0)
         let doorbell = descriptors.take(1)
         let acknowledgement = descriptors.take(2)
@@ -164,7 +167,7 @@ final class FrontendSession {
             return Self.status(for: error).encoded
         }
         let limits = configuration.limits
-        guard let known = EndpointBitmap(endpoints: endpoints) else { return FrontendStatus.refused.encoded }
+        guard let known = endpointBitmap else { return FrontendStatus.refused.encoded }
         let rules = StateSnapshot.Rules(knownEndpoints: known, granule: model.granule, inputRange: configuration.inputRange.first...configuration.inputRange.last,
                                         domainRange: configuration.domainRange, maxDomains: limits.maxDomains,
                                         maxMappings: limits.maxMappingsTotal, maxMappingsPerDomain: limits.maxMappingsPerDomain,
@@ -216,38 +219,46 @@ final class FrontendSession {
 
     // MARK: The log (§5, §6)
 
-    /// After the model handled a request: its changes go to the log and are published. Returns true
-    /// when the request's completion must wait (an acknowledgement, or log space).
-    func publishRequest(of model: inout Device) -> Bool {
+    /// Stages one mirrored change (§5.4); returns the domain a MAP or UNMAP touched, whose endpoints'
+    /// notifier bytes decide whether it must be acknowledged (§6 rule 2). Aux attachments, `bypass`
+    /// and resets are not in the log.
+    private static func stage(_ change: StateChange, into writer: inout LogWriter) throws(LogWriterError) -> Domain.ID? {
+        switch change {
+        case .domainCreated(let id, let bypass): try writer.stage(.domainCreate(domain: id, bypass: bypass))
+        case .domainDestroyed(let id): try writer.stage(.domainDestroy(domain: id))
+        case .attached(let endpoint, let domain): try writer.stage(.attach(endpoint: endpoint, domain: domain))
+        case .detached(let endpoint, let domain): try writer.stage(.detach(endpoint: endpoint, domain: domain))
+        case .mapped(let domain, let m):
+            try writer.stage(.map(domain: domain, virtualStart: m.virtualStart, virtualEnd: m.virtualEnd,
+                                  physicalStart: m.physicalStart, flags: m.flags.rawValue))
+            return domain
+        case .unmapped(let domain, let range):
+            try writer.stage(.unmap(domain: domain, virtualStart: range.first, virtualEnd: range.last))
+            return domain
+        case .auxAttached, .auxDetached, .bypassChanged, .reset, .requestCompleted: break
+        }
+        return nil
+    }
+
+    /// After the model handled a request: its changes go to the log and are published. Whether the
+    /// request's completion must wait (an acknowledgement, or log space) is kept for `takeWaitRequest`.
+    func publishRequest(of model: inout Device) {
         guard case .active(let active) = phase else {
             model.drainChanges { _ in }
-            return false
+            return
         }
         active.requestsHandled = true
         var outcome: CommitOutcome?
         var touchedDomain: Domain.ID?
         do {
             try model.drainChanges { (change: StateChange) throws(LogWriterError) in
-                switch change {
-                case .domainCreated(let id, let bypass): try active.writer.stage(.domainCreate(domain: id, bypass: bypass))
-                case .domainDestroyed(let id): try active.writer.stage(.domainDestroy(domain: id))
-                case .attached(let endpoint, let domain): try active.writer.stage(.attach(endpoint: endpoint, domain: domain))
-                case .detached(let endpoint, let domain): try active.writer.stage(.detach(endpoint: endpoint, domain: domain))
-                case .mapped(let domain, let m):
-                    touchedDomain = domain
-                    try active.writer.stage(.map(domain: domain, virtualStart: m.virtualStart, virtualEnd: m.virtualEnd,
-                                                 physicalStart: m.physicalStart, flags: m.flags.rawValue))
-                case .unmapped(let domain, let range):
-                    touchedDomain = domain
-                    try active.writer.stage(.unmap(domain: domain, virtualStart: range.first, virtualEnd: range.last))
-                case .auxAttached, .auxDetached, .bypassChanged, .reset: break
-                case .requestCompleted(let type, let status):
-                    if type == .probe {
-                        active.writer.discardStaged()
-                    } else {
-                        // The avail position is not known here; it matters only to COMMIT_WINDOW (not granted).
-                        outcome = try active.writer.commit(requestAt: 0, status: status.rawValue)
-                    }
+                if let domain = try Self.stage(change, into: &active.writer) { touchedDomain = domain }
+                guard case .requestCompleted(let type, let status) = change else { return }
+                if type == .probe {
+                    active.writer.discardStaged()
+                } else {
+                    // The avail position is not known here; it matters only to COMMIT_WINDOW (not granted).
+                    outcome = try active.writer.commit(requestAt: 0, status: status.rawValue)
                 }
             }
             switch outcome {
@@ -255,20 +266,17 @@ final class FrontendSession {
                 if let domain = touchedDomain, let members = model.domains[domain]?.endpoints {
                     try active.writer.checkNotifiers(of: members, for: &commit)
                 }
-                if commit.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
+                if commit.ringDoorbell { active.ringDoorbell() }
                 active.waiting = commit.needsAcknowledgement ? .acknowledgement(commit) : nil
             case .noSpace?:
                 active.waiting = .space
-                if (try? active.writer.progress())?.ringDoorbell == true { SystemCall.signal(active.doorbell.descriptor) }
+                _ = progress(of: active, model: &model)  // rings the doorbell if due
             case nil:
                 break
             }
-            let waits = active.waiting != nil
-            waitRequested = waits
-            return waits
+            waitRequested = active.waiting != nil
         } catch {
             end(violation: "log: \(error)", model: &model)
-            return false
         }
     }
 
@@ -278,28 +286,39 @@ final class FrontendSession {
         return waitRequested
     }
 
-    /// Whether the waiting completion may go: its commit acknowledged, or the log had room after all.
-    func waitIsOver(model: inout Device) -> Bool {
-        guard case .active(let active) = phase else { return true }
+    /// QEMU's `applied` and `acked`, ringing the doorbell when it is due; nil when they broke the
+    /// protocol (the session is then over).
+    private func progress(of active: Active, model: inout Device) -> LogProgress? {
         do {
             let progress = try active.writer.progress()
-            if progress.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
-            switch active.waiting {
-            case nil:
-                break
-            case .acknowledgement(let commit):
-                if commit.isAcknowledged(by: progress.acked) { active.waiting = nil }
-            case .space:
-                if case .committed(let commit) = try active.writer.retry() {
-                    if commit.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
-                    active.waiting = commit.needsAcknowledgement ? .acknowledgement(commit) : nil
-                }
-            }
-            return active.waiting == nil
+            if progress.ringDoorbell { active.ringDoorbell() }
+            return progress
         } catch {
             end(violation: "progress: \(error)", model: &model)
-            return true
+            return nil
         }
+    }
+
+    /// Whether the waiting completion may go: its commit acknowledged, or the log had room after all.
+    func waitIsOver(model: inout Device) -> Bool {
+        guard case .active(let active) = phase, let progress = progress(of: active, model: &model) else { return true }
+        switch active.waiting {
+        case nil:
+            break
+        case .acknowledgement(let commit):
+            if commit.isAcknowledged(by: progress.acked) { active.waiting = nil }
+        case .space:
+            do {
+                if case .committed(let commit) = try active.writer.retry() {
+                    if commit.ringDoorbell { active.ringDoorbell() }
+                    active.waiting = commit.needsAcknowledgement ? .acknowledgement(commit) : nil
+                }
+            } catch {
+                end(violation: "log: \(error)", model: &model)
+                return true
+            }
+        }
+        return active.waiting == nil
     }
 
     enum LocalOutcome {
@@ -320,16 +339,10 @@ final class FrontendSession {
             return .failed("the front-end did not accept changes of the back-end's own (LOCAL_CHANGES)")
         }
         do {
-            try model.drainChanges { (change: StateChange) throws(LogWriterError) in
-                switch change {
-                case .domainDestroyed(let id): try active.writer.stage(.domainDestroy(domain: id))
-                case .detached(let endpoint, let domain): try active.writer.stage(.detach(endpoint: endpoint, domain: domain))
-                default: break  // an operator's DETACH makes no other change
-                }
-            }
+            try model.drainChanges { (change: StateChange) throws(LogWriterError) in _ = try Self.stage(change, into: &active.writer) }
             switch try active.writer.commitLocal() {
             case .committed(let commit):
-                if commit.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
+                if commit.ringDoorbell { active.ringDoorbell() }
                 return commit.needsAcknowledgement ? .waiting(commit) : .done
             case .noSpace:
                 active.writer.discardStaged()
@@ -343,15 +356,8 @@ final class FrontendSession {
 
     /// Whether QEMU acknowledged `commit` (or the session that wanted it is gone).
     func isAcknowledged(_ commit: LogCommit, model: inout Device) -> Bool {
-        guard case .active(let active) = phase else { return true }
-        do {
-            let progress = try active.writer.progress()
-            if progress.ringDoorbell { SystemCall.signal(active.doorbell.descriptor) }
-            return commit.isAcknowledged(by: progress.acked)
-        } catch {
-            end(violation: "progress: \(error)", model: &model)
-            return true
-        }
+        guard case .active(let active) = phase, let progress = progress(of: active, model: &model) else { return true }
+        return commit.isAcknowledged(by: progress.acked)
     }
 
     /// GET_VRING_BASE completes the waiting request without the acknowledgement (§6 rule 6).

@@ -94,7 +94,7 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
             drain { readable, writable in
                 guard queue == Self.requestQueue else { return device.deliverFault(into: writable) ?? 0 }
                 let length = device.handle(readable: readable, writable: writable)
-                if mirrored { _ = frontend.publishRequest(of: &device) }
+                if mirrored { frontend.publishRequest(of: &device) }
                 return length
             }
         }
@@ -129,9 +129,11 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
         guard !acknowledgementWaiters.isEmpty else { return }
         let session = frontend
         let waiters = acknowledgementWaiters
-        let pending = model.withLock { device in waiters.filter { !session.isAcknowledged($0.0, model: &device) } }
-        for (_, request) in waiters where !pending.contains(where: { $0.1 === request }) { request.finish(.success(())) }
-        acknowledgementWaiters = pending
+        let acknowledged = model.withLock { device in waiters.map { session.isAcknowledged($0.0, model: &device) } }
+        acknowledgementWaiters = []
+        for (waiter, done) in zip(waiters, acknowledged) {
+            if done { waiter.1.finish(.success(())) } else { acknowledgementWaiters.append(waiter) }
+        }
     }
 
     // MARK: An operator's DETACH (control socket)

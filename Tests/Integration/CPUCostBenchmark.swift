@@ -72,8 +72,7 @@ struct CPUCostBenchmark: GuestWorkload {
     /// CPU of the daemon and of QEMU while the guest runs the same fixed blk-io workload, per GiB moved and,
     /// where the daemon counts them, per 1,000 MAP+UNMAP requests; then each step's share. Printed as
     /// `cpu-cost-disk:` lines; only the workload's success and the figures' being measured are checked.
-    @Test(.disabled(if: !DiskDMATests.translationPatchPresent, "needs qemu/patches 0004: translation"))
-    func diskCPUPerGiBPollingBlockingAndBuiltIn() throws {
+    @Test func diskCPUPerGiBPollingBlockingAndBuiltIn() throws {
         let files = try GuestFiles.install()
         let configurations: [(String, DiskDMATests.IOMMU, [String])] = [
             ("polling daemon", .vhostUser, []), ("blocking daemon", .vhostUser, ["--poll-max-us", "0"]), ("built-in", .builtIn, []),

@@ -56,10 +56,6 @@ struct DiskDMATests: GuestWorkload {
 
     /// The bench figures of one IOMMU.
     struct Bench { var writeMBps: Double, readMBps: Double, iops: Double }
-    /// Whether the QEMU series includes the patch that makes vhost-user-iommu-pci translate DMA (qemu/patches
-    /// 0004); without it the daemon's variant is skipped, visibly, rather than hanging a guest.
-    static let translationPatchPresent = ((try? FileManager.default.contentsOfDirectory(atPath: GuestFiles.projectRoot + "/qemu/patches")) ?? [])
-        .contains { $0.hasPrefix("0004-") && $0.contains("translate-DMA") }
     /// The built-in device's bench of this run, for the ratio when the daemon's runs too.
     nonisolated(unsafe) static var builtInBench: Bench?
 
@@ -72,8 +68,7 @@ struct DiskDMATests: GuestWorkload {
 
     // Spec: issue 14 "Proof", the same run behind the daemon's front-end; plus "the daemon answered MAPs and
     // UNMAPs for that disk's endpoint ID" and the ratios of the "Measure" item.
-    @Test(.disabled(if: !translationPatchPresent, "needs qemu/patches 0004: translation (without it vhost-user-iommu-pci does not translate DMA: QEMU takes IOVAs as guest-physical addresses and the guest hangs)"))
-    func diskDMAThroughVhostUserIOMMU() throws {
+    @Test func diskDMAThroughVhostUserIOMMU() throws {
         let ours = try scenario(.vhostUser)
         let builtIn = try Self.builtInBench ?? scenario(.builtIn)
         print(String(format: "disk-dma: ratio vhost-user-iommu-pci / virtio-iommu-pci: 64 KiB write %.2f, read %.2f; 4 KiB IOPS %.2f",
