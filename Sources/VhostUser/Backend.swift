@@ -422,15 +422,23 @@ public final class VhostUserBackend: @unchecked Sendable {
             try queue.resolve(in: memory)
             queue.loadUsedIndex()
         } catch {
-            ringFailed(queue, error)
+            ringUnusable(queue, error)
         }
         logger.debug("queue \(queue.index) started", metadata: ["base": "\(queue.lastAvailIndex)"])
     }
 
-    /// A ring that looks corrupt is only suspected at first: the front-end may have sent a reset or a
-    /// stop before rewriting the ring, and that message may still be waiting in the socket.
+    /// A ring whose contents look corrupt is only suspected at first: the front-end may have sent a reset
+    /// or a stop before rewriting the ring, and that message may still be waiting in the socket.
     func ringFailed(_ queue: Virtqueue, _ error: RingError) {
         queue.suspectedError = (error, queue.generation)
+    }
+
+    /// A ring that what the front-end set up cannot serve (its addresses, the memory table): the message
+    /// that made it so has been handled, so there is nothing to wait for; it stops now.
+    func ringUnusable(_ queue: Virtqueue, _ error: RingError) {
+        record { $0.ringErrors += 1 }  // counted before the error eventfd tells anyone
+        queue.markBroken(error)
+        warnAboutInput("queue \(queue.index) stopped until reset: \(error)")
     }
 
     /// Handles every message waiting in the socket, then stops each queue whose ring error no
@@ -445,9 +453,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             guard let (error, generation) = queue.suspectedError else { continue }
             queue.suspectedError = nil
             if generation == queue.generation && queue.started {
-                record { $0.ringErrors += 1 }  // counted before the error eventfd tells anyone
-                queue.markBroken(error)
-                warnAboutInput("queue \(queue.index) stopped until reset: \(error)")
+                ringUnusable(queue, error)
             } else {
                 record { $0.ringErrorsExplained += 1 }
                 logger.debug("queue \(queue.index): ring anomaly explained by a later message: \(error)")
@@ -465,7 +471,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         // processes what is pending (`resumeIfPending`).
         guard queue.isRunnable, queue.enabled else { return }
         if !queue.isResolved {
-            do { try queue.resolve(in: memory) } catch { ringFailed(queue, error); return }
+            do { try queue.resolve(in: memory) } catch { ringUnusable(queue, error); return }
         }
         // Locals, not properties, inside the loop: each read of a class property costs a retain.
         let device = self.device
@@ -550,7 +556,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     func memoryChanged() {
         for queue in queues where !queue.isBroken {
             if queue.started {
-                do { try queue.resolve(in: memory) } catch { ringFailed(queue, error) }
+                do { try queue.resolve(in: memory) } catch { ringUnusable(queue, error) }
             } else {
                 queue.unresolve()
             }
