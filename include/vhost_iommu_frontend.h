@@ -16,6 +16,7 @@
 #define VHOST_IOMMU_REQ_RESET			0x76690004
 
 #define VHOST_IOMMU_SET_REGION_FDS		3	/* region memfd, doorbell eventfd, ack eventfd */
+#define VHOST_IOMMU_SET_REGION_FDS_FAULT_RING	4	/* ... and the fault eventfd (FAULT_RING) */
 #define VHOST_IOMMU_STATE_PUSH_FDS		1	/* sealed snapshot memfd */
 
 /* The u64 status that answers SET_REGION, STATE_PUSH, RESET and a failed HELLO. */
@@ -30,7 +31,7 @@
 
 /* Capabilities (HELLO). */
 #define VHOST_IOMMU_CAP_COMMIT_WINDOW		(1ULL << 0)
-#define VHOST_IOMMU_CAP_FAULT_RING		(1ULL << 1)	/* reserved in version 1 */
+#define VHOST_IOMMU_CAP_FAULT_RING		(1ULL << 1)
 #define VHOST_IOMMU_CAP_LOCAL_CHANGES		(1ULL << 2)
 
 /* Magics: the ASCII bytes, read as a little-endian u32. */
@@ -110,8 +111,8 @@ struct vhost_iommu_region_header {
 	__le64	log_off;
 	__le64	ep_bitmap_off;
 	__le64	notifier_off;
-	__le64	fault_off;		/* 0 in version 1 */
-	__le32	fault_entries;		/* 0 in version 1 */
+	__le64	fault_off;		/* 0 without FAULT_RING */
+	__le32	fault_entries;		/* 0 without FAULT_RING */
 	__u8	reserved0[12];
 	/* offset 64, its own cache line: written by the back-end */
 	__le64	tail;
@@ -120,8 +121,13 @@ struct vhost_iommu_region_header {
 	__le64	applied;
 	__le64	acked;
 	__u8	reserved2[48];
-	/* offset 192: reserved for FAULT_RING */
-	__u8	reserved3[128];
+	/* offset 192: written by the front-end (FAULT_RING) */
+	__le64	fault_tail;
+	__le64	fault_dropped;
+	__u8	reserved3[48];
+	/* offset 256, its own cache line: written by the back-end (FAULT_RING) */
+	__le64	fault_head;
+	__u8	reserved4[56];
 	/* offset 320 up to header_size: reserved */
 };
 
@@ -161,6 +167,25 @@ struct vhost_iommu_log_entry {
 	__u8	reserved0;
 	__le32	epoch;
 	__u8	reserved1[12];
+};
+
+/* Fault ring records (FAULT_RING): 32 bytes, written by the front-end. */
+#define VHOST_IOMMU_FAULT_ENTRIES_MIN		16
+#define VHOST_IOMMU_FAULT_ENTRIES_MAX		4096
+#define VHOST_IOMMU_FAULT_R_DOMAIN		1	/* virtio-iommu fault reasons */
+#define VHOST_IOMMU_FAULT_R_MAPPING		2
+#define VHOST_IOMMU_FAULT_F_READ		(1 << 0)
+#define VHOST_IOMMU_FAULT_F_WRITE		(1 << 1)
+
+struct vhost_iommu_fault_record {
+	__le32	index_lo;		/* low 32 bits of the record's index */
+	__le32	endpoint;		/* requester ID */
+	__u8	reason;
+	__u8	flags;			/* the access that faulted */
+	__le16	reserved0;
+	__le32	epoch;
+	__le64	address;
+	__u8	reserved1[8];
 };
 
 /* STATE_PUSH snapshot: header, then domains, endpoints, mappings and commits, in that order. */

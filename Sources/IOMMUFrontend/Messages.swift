@@ -103,7 +103,11 @@ public struct HelloReply: Hashable, Sendable {
 /// Three descriptors come with it: the region memfd, the doorbell eventfd, the ack eventfd.
 public struct SetRegionRequest: Hashable, Sendable {
     public static let size = 24
+    /// Region memfd, doorbell and ack eventfds; with FAULT_RING also the fault eventfd (§10.1).
     public static let descriptorCount = 3
+    public static func descriptorCount(_ capabilities: FrontendCapabilities) -> Int {
+        capabilities.contains(.faultRing) ? descriptorCount + 1 : descriptorCount
+    }
     public var regionSize: UInt64
     public var epoch: UInt32
     public var startIndex: UInt64

@@ -96,11 +96,11 @@ public struct FrontendCapabilities: OptionSet, Hashable, Sendable {
 
     /// STATE_PUSH carries the commit window and the back-end honours it (§8.3).
     public static let commitWindow = FrontendCapabilities(rawValue: 1 << 0)
-    /// Reserved for a fault ring; not defined in version 1 and never granted.
+    /// The front-end reports the DMA it refuses through the fault ring (§10).
     public static let faultRing = FrontendCapabilities(rawValue: 1 << 1)
     /// The back-end may log changes of its own, flagged LOCAL (§6.1).
     public static let localChanges = FrontendCapabilities(rawValue: 1 << 2)
 
     /// What a version-1 back-end can grant.
-    public static let version1: FrontendCapabilities = [.commitWindow, .localChanges]
+    public static let version1: FrontendCapabilities = [.commitWindow, .faultRing, .localChanges]
 }

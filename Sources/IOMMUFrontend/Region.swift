@@ -89,29 +89,39 @@ public struct RegionLayout: Hashable, Sendable {
     public var logOffset: UInt64
     public var endpointBitmapOffset: UInt64
     public var notifierOffset: UInt64
+    /// The fault ring (§10): both 0 unless FAULT_RING is in force.
+    public var faultOffset: UInt64
+    public var faultEntries: UInt32
 
     public init(regionSize: UInt64, epoch: UInt32, logEntries: UInt32, logOffset: UInt64,
-                endpointBitmapOffset: UInt64, notifierOffset: UInt64) {
+                endpointBitmapOffset: UInt64, notifierOffset: UInt64, faultOffset: UInt64 = 0, faultEntries: UInt32 = 0) {
         self.regionSize = regionSize
         self.epoch = epoch
         self.logEntries = logEntries
         self.logOffset = logOffset
         self.endpointBitmapOffset = endpointBitmapOffset
         self.notifierOffset = notifierOffset
+        self.faultOffset = faultOffset
+        self.faultEntries = faultEntries
     }
 
-    /// The front-end's default arrangement (§4.2): bitmap, notifier bytes, then the log.
-    public static func standard(epoch: UInt32, logEntries: UInt32 = defaultLogEntries) -> RegionLayout {
+    /// The front-end's default arrangement (§4.2): bitmap, notifier bytes, the log, then the fault ring
+    /// when `faultEntries` is not 0.
+    public static func standard(epoch: UInt32, logEntries: UInt32 = defaultLogEntries, faultEntries: UInt32 = 0) -> RegionLayout {
         let bitmap = UInt64(headerSize)
         let notifier = bitmap + UInt64(endpointBitmapSize)
         let log = notifier + UInt64(notifierSize)
-        return RegionLayout(regionSize: log + UInt64(logEntries) * UInt64(LogEntry.size), epoch: epoch,
-                            logEntries: logEntries, logOffset: log, endpointBitmapOffset: bitmap, notifierOffset: notifier)
+        let fault = log + UInt64(logEntries) * UInt64(LogEntry.size)
+        return RegionLayout(regionSize: fault + UInt64(faultEntries) * UInt64(FaultRecord.size), epoch: epoch,
+                            logEntries: logEntries, logOffset: log, endpointBitmapOffset: bitmap, notifierOffset: notifier,
+                            faultOffset: faultEntries == 0 ? 0 : fault, faultEntries: faultEntries)
     }
 
     /// Decodes and checks the header's first 64 bytes, copied once by the back-end (§9.2), for a
-    /// region of `regionSize` bytes announced by SET_REGION with `epoch`.
-    public init(decodingHeader bytes: UnsafeRawBufferPointer, regionSize: UInt64, epoch: UInt32) throws(FrontendWireError) {
+    /// region of `regionSize` bytes announced by SET_REGION with `epoch`. With `faultRing` (the
+    /// capability is in force) the fault fields describe the ring; without, they must be 0.
+    public init(decodingHeader bytes: UnsafeRawBufferPointer, regionSize: UInt64, epoch: UInt32,
+                faultRing: Bool = false) throws(FrontendWireError) {
         try expectSize(bytes, Self.configurationSize)
         let magic = bytes.le(UInt32.self, at: 0)
         guard magic == FrontendProtocol.regionMagic else { throw .magic(magic) }
@@ -121,14 +131,19 @@ public struct RegionLayout: Hashable, Sendable {
         guard Int(headerSize) == Self.headerSize else { throw .value("header_size", UInt64(headerSize)) }
         let headerEpoch = bytes.le(UInt32.self, at: 8)
         guard headerEpoch == epoch else { throw .value("epoch", UInt64(headerEpoch)) }
-        guard bytes.le(UInt64.self, at: 40) == 0 else { throw .value("fault_off", bytes.le(UInt64.self, at: 40)) }
-        guard bytes.le(UInt32.self, at: 48) == 0 else {
-            throw .value("fault_entries", UInt64(bytes.le(UInt32.self, at: 48)))
+        let faultOffset = bytes.le(UInt64.self, at: 40), faultEntries = bytes.le(UInt32.self, at: 48)
+        if !faultRing {
+            guard faultOffset == 0 else { throw .value("fault_off", faultOffset) }
+            guard faultEntries == 0 else { throw .value("fault_entries", UInt64(faultEntries)) }
+        } else {
+            guard FaultRing.entryRange.contains(faultEntries) && faultEntries.nonzeroBitCount == 1 else {
+                throw .value("fault_entries", UInt64(faultEntries))
+            }
         }
         guard bytes.isZero(52..<64) else { throw .reserved("reserved0") }
         self.init(regionSize: regionSize, epoch: epoch, logEntries: bytes.le(UInt32.self, at: 12),
                   logOffset: bytes.le(UInt64.self, at: 16), endpointBitmapOffset: bytes.le(UInt64.self, at: 24),
-                  notifierOffset: bytes.le(UInt64.self, at: 32))
+                  notifierOffset: bytes.le(UInt64.self, at: 32), faultOffset: faultOffset, faultEntries: faultEntries)
         try validate()
     }
 
@@ -141,11 +156,12 @@ public struct RegionLayout: Hashable, Sendable {
         guard Self.logEntryRange.contains(logEntries) && logEntries.nonzeroBitCount == 1 else {
             throw .value("log_entries", UInt64(logEntries))
         }
-        let areas: [(String, UInt64, UInt64)] = [
+        var areas: [(String, UInt64, UInt64)] = [
             ("log", logOffset, UInt64(logEntries) * UInt64(LogEntry.size)),
             ("endpoint bitmap", endpointBitmapOffset, UInt64(Self.endpointBitmapSize)),
             ("notifier bytes", notifierOffset, UInt64(Self.notifierSize)),
         ]
+        if faultEntries != 0 { areas.append(("fault ring", faultOffset, UInt64(faultEntries) * UInt64(FaultRecord.size))) }
         for (name, offset, size) in areas {
             guard offset % Self.areaAlignment == 0 else { throw .layout("\(name) at 0x\(String(offset, radix: 16)) is not aligned") }
             guard offset >= UInt64(Self.headerSize) else { throw .layout("\(name) overlaps the header") }
@@ -171,8 +187,8 @@ public struct RegionLayout: Hashable, Sendable {
         out.appendLE(logOffset)
         out.appendLE(endpointBitmapOffset)
         out.appendLE(notifierOffset)
-        out.appendLE(UInt64(0))  // fault_off
-        out.appendLE(UInt32(0))  // fault_entries
+        out.appendLE(faultOffset)
+        out.appendLE(faultEntries)
         out.appendZeros(12)
         return out
     }
@@ -180,6 +196,11 @@ public struct RegionLayout: Hashable, Sendable {
     /// The byte offset of the slot holding entry `index`.
     @inlinable public func entryOffset(_ index: UInt64) -> Int {
         Int(logOffset) + Int(index & UInt64(logEntries - 1)) * LogEntry.size
+    }
+
+    /// The byte offset of the fault ring's slot for record `index` (only with a fault ring).
+    @inlinable public func faultRecordOffset(_ index: UInt64) -> Int {
+        Int(faultOffset) + Int(index & UInt64(faultEntries - 1)) * FaultRecord.size
     }
 
     /// The byte offset of endpoint `id`'s notifier byte (`id` < 65536).

@@ -105,6 +105,16 @@ extension Device {
         return fault
     }
 
+    /// Queues a fault that a consumer found itself (QEMU's front-end refusing a DMA from its mirror of
+    /// the mappings) for the event queue, as `translate` queues its own. Returns false and queues nothing
+    /// for an endpoint the device does not have (D49: a fault names a valid endpoint).
+    public mutating func report(_ fault: Fault) -> Bool {
+        guard endpoints[fault.endpoint] != nil else { return false }
+        faults.append(fault)
+        counters.faultsRaised += 1
+        return true
+    }
+
     /// Writes the oldest pending fault into an event buffer the driver posted.
     /// Returns the used length (24), 0 when the buffer cannot hold a whole record (D51: never split;
     /// the fault stays queued), or nil when no fault is pending (the buffer should stay posted).

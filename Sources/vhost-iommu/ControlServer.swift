@@ -143,6 +143,9 @@ final class ControlServer: @unchecked Sendable {
             }
         case "stats":
             var stats = device.model.withLock { Statistics($0) }
+            let faults = device.frontendFaultCounters.withLock { $0 }
+            (stats.frontendFaults, stats.frontendFaultRecordsRefused, stats.frontendFaultsDropped) =
+                (faults.reported, faults.refused, faults.droppedByFrontend)
             backendCounters.withLock { $0?(&stats) }
             return ControlReply(ok: true, stats: stats)
         case "domains":

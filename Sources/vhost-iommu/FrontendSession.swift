@@ -21,6 +21,10 @@ final class FrontendSession {
         var writer: LogWriter
         let doorbell: OwnedFileDescriptor
         let acknowledgement: OwnedFileDescriptor
+        /// With FAULT_RING (§10): the DMA QEMU refused, and the eventfd it signals after each record.
+        var faults: FaultRingReader?
+        let faultSignal: OwnedFileDescriptor?
+        let faultDescriptor: FileDescriptor?
         /// The commit the request queue's waiting completion waits for, or a commit refused for space.
         var waiting: Waiting?
         /// STATE_PUSH comes at most once per session, before the rings run (§2.3): after a request, refused.
@@ -28,12 +32,16 @@ final class FrontendSession {
         var requestsHandled = false
 
         init(hello: HelloReply, region: FrontendRegion, writer: LogWriter, doorbell: consuming OwnedFileDescriptor,
-             acknowledgement: consuming OwnedFileDescriptor) {
+             acknowledgement: consuming OwnedFileDescriptor, faults: FaultRingReader?, faultSignal: consuming OwnedFileDescriptor?,
+             faultDescriptor: FileDescriptor?) {
             self.hello = hello
             self.region = region
             self.writer = writer
             self.doorbell = doorbell
             self.acknowledgement = acknowledgement
+            self.faults = faults
+            self.faultSignal = faultSignal
+            self.faultDescriptor = faultDescriptor
         }
 
         func ringDoorbell() { SystemCall.signal(doorbell.descriptor) }
@@ -46,8 +54,9 @@ final class FrontendSession {
 
     /// The queue size HELLO announces (QEMU sizes both virtqueues with it).
     static let queueSize: UInt32 = 256
-    /// What this back-end grants: changes of its own (an operator's DETACH, §6.1); no commit window yet.
-    static let capabilities: FrontendCapabilities = [.localChanges]
+    /// What this back-end grants: changes of its own (an operator's DETACH, §6.1) and the fault ring
+    /// (§10); no commit window yet.
+    static let capabilities: FrontendCapabilities = [.localChanges, .faultRing]
 
     private var phase = Phase.idle
     /// Set by `publishRequest` when the request just handled must wait; taken by the engine's question.
@@ -59,6 +68,20 @@ final class FrontendSession {
 
     /// The configuration a pushed state must fit (§8.2).
     private let configuration: Configuration
+
+    /// What the fault rings of all sessions so far carried (§10), for stats.
+    struct FaultCounters: Sendable, Equatable {
+        /// Records queued as faults for the guest's event queue.
+        var reported = 0
+        /// Records refused: malformed, of an old epoch, or naming an endpoint the device does not have.
+        var refused = 0
+        /// Records QEMU could not write because the ring was full (its `fault_dropped`), as last read.
+        var droppedByFrontend: UInt64 = 0
+    }
+    private(set) var faultCounters = FaultCounters()
+    /// Set when the front-end broke the fault ring (taken by the caller, for the log).
+    var faultRingFailure: String?
+    private var droppedInEndedSessions: UInt64 = 0
 
     init(configuration: Configuration) {
         self.configuration = configuration
@@ -72,7 +95,11 @@ final class FrontendSession {
     /// Handles one front-end request; returns its reply payload. `model` is the device under its lock.
     func handle(_ id: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors, model: inout Device) -> [UInt8] {
         guard let request = FrontendProtocol.Request(rawValue: id) else { return FrontendStatus.unsupported.encoded }
-        guard payload.count == request.payloadSize, descriptors.count == request.descriptorCount else {
+        var descriptorCount = request.descriptorCount
+        if request == .setRegion, case .greeted(let hello) = phase {
+            descriptorCount = SetRegionRequest.descriptorCount(hello.capabilities)
+        }
+        guard payload.count == request.payloadSize, descriptors.count == descriptorCount else {
             return FrontendStatus.invalid.encoded
         }
         switch request {
@@ -112,6 +139,14 @@ final class FrontendSession {
         let regionFile = descriptors.take(0)
         let doorbell = descriptors.take(1)
         let acknowledgement = descriptors.take(2)
+        let faultRing = hello.capabilities.contains(.faultRing)
+        var faultSignal: OwnedFileDescriptor? = nil
+        var faultDescriptor: FileDescriptor? = nil
+        if faultRing {
+            let owned = descriptors.take(3)
+            faultDescriptor = owned.descriptor
+            faultSignal = .some(owned)
+        }
         let mapping: SharedFileMapping
         do {
             mapping = try SharedFileMapping(descriptor: regionFile, size: request.regionSize, maximumSize: RegionLayout.maxRegionSize)
@@ -125,15 +160,17 @@ final class FrontendSession {
             var header = [UInt8](repeating: 0, count: RegionLayout.configurationSize)
             header.withUnsafeMutableBytes { region.copyBytes(at: 0, into: $0) }
             let layout = try header.withUnsafeBytes { bytes throws(FrontendWireError) in
-                try RegionLayout(decodingHeader: bytes, regionSize: request.regionSize, epoch: request.epoch)
+                try RegionLayout(decodingHeader: bytes, regionSize: request.regionSize, epoch: request.epoch, faultRing: faultRing)
             }
             bitmap.write(to: region, layout: layout)
+            let faults = faultRing ? try FaultRingReader(memory: region, layout: layout) : nil
             // The mirror starts empty: the model starts over too, keeping `bypass` (D5), with no entry (§4.1).
             model.reset()
             model.recordsChanges = true
             let writer = try LogWriter(memory: region, layout: layout, capabilities: hello.capabilities, startIndex: request.startIndex)
             phase = .active(Active(hello: hello, region: region, writer: writer, doorbell: doorbell,
-                                   acknowledgement: acknowledgement))
+                                   acknowledgement: acknowledgement, faults: faults, faultSignal: faultSignal,
+                                   faultDescriptor: faultDescriptor))
             return FrontendStatus.ok.encoded
         } catch let error as FrontendWireError {
             return error.status.encoded
@@ -206,6 +243,7 @@ final class FrontendSession {
             let request = try payload.withUnsafeBytes { bytes throws(FrontendWireError) in try ResetRequest(decoding: bytes) }
             try active.writer.reset(epoch: request.epoch, startIndex: request.startIndex)
             active.waiting = nil  // the engine completes the waiting request (rule 6)
+            active.faults?.epoch = request.epoch  // records of the old epoch are refused (§10.3)
             model.reset()
             model.restoreBypass(request.bypass)
             model.drainChanges { _ in }  // a reset writes no entry (§7)
@@ -373,8 +411,53 @@ final class FrontendSession {
         return nil
     }
 
+    /// The fault eventfd, for the engine to watch (FAULT_RING only).
+    var faultDescriptor: FileDescriptor? {
+        if case .active(let active) = phase { return active.faultDescriptor }
+        return nil
+    }
+
+    /// Takes what the fault ring holds (at most its size: bounded work per wake-up) and queues each
+    /// record as a fault for the guest (§10.3). Returns how many were queued.
+    @discardableResult
+    func drainFaults(model: inout Device) -> Int {
+        guard case .active(let active) = phase, var reader = active.faults else { return 0 }
+        var reported = 0, unknown = 0
+        do {
+            try reader.drain { record in
+                var flags: Fault.Flags = .address
+                if record.access.contains(.read) { flags.insert(.read) }
+                if record.access.contains(.write) { flags.insert(.write) }
+                let fault = Fault(reason: record.reason == .domain ? .domain : .mapping, flags: flags,
+                                  endpoint: record.endpoint, address: record.address)
+                if model.report(fault) { reported += 1 } else { unknown += 1 }
+            }
+        } catch {
+            // Faults only report; the mirror stays right. The ring is not read again this session.
+            active.faults = nil
+            faultRingFailure = "fault ring: \(error); no more faults are read from this front-end until it reconnects"
+            return reported
+        }
+        let refusedBefore = active.faults?.refusedRecords ?? 0
+        active.faults = reader
+        faultCounters.reported += reported
+        faultCounters.refused += unknown + reader.refusedRecords - refusedBefore
+        faultCounters.droppedByFrontend = Self.saturatingSum(droppedInEndedSessions, reader.droppedByFrontend)
+        return reported
+    }
+
+    /// `fault_dropped` is QEMU's to write: any value must add up without trapping.
+    private static func saturatingSum(_ a: UInt64, _ b: UInt64) -> UInt64 {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? .max : sum
+    }
+
     /// The front-end is gone (disconnect or device reset of the connection): the session ends.
     func end(model: inout Device) {
+        if case .active(let active) = phase, let reader = active.faults {
+            droppedInEndedSessions = Self.saturatingSum(droppedInEndedSessions, reader.droppedByFrontend)
+            faultCounters.droppedByFrontend = droppedInEndedSessions
+        }
         phase = .idle
         model.recordsChanges = false
     }

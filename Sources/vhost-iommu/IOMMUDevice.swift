@@ -122,10 +122,27 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
 
     func completionForced(queue: Int) { frontend.abandonWait() }
 
-    var watchedDescriptors: [FileDescriptor] { frontend.acknowledgementDescriptor.map { [$0] } ?? [] }
+    var watchedDescriptors: [FileDescriptor] {
+        [frontend.acknowledgementDescriptor, frontend.faultDescriptor].compactMap { $0 }
+    }
+
+    /// The fault ring's counters, copied after each drain for the control thread's `stats`.
+    let frontendFaultCounters = Mutex(FrontendSession.FaultCounters())
 
     func watchedDescriptorReady(_ descriptor: FileDescriptor) {
         SystemCall.drain(descriptor)
+        if descriptor == frontend.faultDescriptor {
+            // The engine delivers the queued faults into posted event buffers after this call.
+            let session = frontend
+            model.withLock { device in _ = session.drainFaults(model: &device) }
+            if let failure = frontend.faultRingFailure {
+                frontend.faultRingFailure = nil
+                logger.error("front-end protocol: \(failure)")
+            }
+            let counters = frontend.faultCounters
+            frontendFaultCounters.withLock { $0 = counters }
+            return
+        }
         guard !acknowledgementWaiters.isEmpty else { return }
         let session = frontend
         let waiters = acknowledgementWaiters

@@ -17,6 +17,11 @@ struct Statistics: Codable, Sendable {
     var faultsDelivered: Int
     var faultsPending: Int
     var faultsDropped: Int
+    /// QEMU's fault ring (docs/frontend-protocol.md §10): records queued as faults, records refused,
+    /// and records QEMU dropped because the ring was full.
+    var frontendFaults = 0
+    var frontendFaultRecordsRefused = 0
+    var frontendFaultsDropped: UInt64 = 0
     var eventBuffersPosted = 0
     /// Event-loop turns whose work polling found, and turns that blocked first (with `--poll-max-us` > 0).
     var polledTurns = 0

@@ -33,6 +33,8 @@ import Testing
                                      mappings: [.init(domain: 0xbbbb_bbbb, flags: 3, virtualStart: 0xdddd_dddd_dddd_0000,
                                                       virtualEnd: 0xdddd_dddd_dddd_ffff, physicalStart: 0xeeee_eeee_eeee_0000)],
                                      commits: [.init(position: 0xf0f0, status: 8)]).encoded
+        let fault = FaultRecord(endpoint: 0x1234_5678, reason: .mapping, access: .write, address: 0x1111_2222_3333_4444,
+                                epoch: 0x9abc_def0).encoded(index: 0)
         let offsets = (
             entryDomain: Self.offset(of: Self.le(UInt32(0x2222_2222)), in: entry),
             entryEnd: Self.offset(of: Self.le(UInt64(0x3333_3333_3333_ffff)), in: entry),
@@ -43,7 +45,11 @@ import Testing
             regionEpoch: Self.offset(of: Self.le(UInt32(0x9999_9999)), in: layout),
             mappingEnd: Self.offset(of: Self.le(UInt64(0xdddd_dddd_dddd_ffff)), in: snapshot) - 48,
             mappingPhys: Self.offset(of: Self.le(UInt64(0xeeee_eeee_eeee_0000)), in: snapshot) - 48,
-            commitPos: Self.offset(of: Self.le(UInt16(0xf0f0)), in: snapshot) - 80
+            commitPos: Self.offset(of: Self.le(UInt16(0xf0f0)), in: snapshot) - 80,
+            faultEndpoint: Self.offset(of: Self.le(UInt32(0x1234_5678)), in: fault),
+            faultReason: Self.offset(of: [FaultRecord.Reason.mapping.rawValue, FaultRecord.Access.write.rawValue], in: fault),
+            faultEpoch: Self.offset(of: Self.le(UInt32(0x9abc_def0)), in: fault),
+            faultAddress: Self.offset(of: Self.le(UInt64(0x1111_2222_3333_4444)), in: fault)
         )
         let source = """
             #include <stddef.h>
@@ -98,6 +104,21 @@ import Testing
             CHECK(offsetof(struct vhost_iommu_region_header, tail) == \(RegionLayout.tailOffset));
             CHECK(offsetof(struct vhost_iommu_region_header, applied) == \(RegionLayout.appliedOffset));
             CHECK(offsetof(struct vhost_iommu_region_header, acked) == \(RegionLayout.ackedOffset));
+            CHECK(offsetof(struct vhost_iommu_region_header, fault_tail) == \(FaultRing.tailOffset));
+            CHECK(offsetof(struct vhost_iommu_region_header, fault_dropped) == \(FaultRing.droppedOffset));
+            CHECK(offsetof(struct vhost_iommu_region_header, fault_head) == \(FaultRing.headOffset));
+            CHECK(VHOST_IOMMU_SET_REGION_FDS_FAULT_RING == \(SetRegionRequest.descriptorCount(.faultRing)));
+            CHECK(VHOST_IOMMU_FAULT_ENTRIES_MIN == \(FaultRing.entryRange.lowerBound));
+            CHECK(VHOST_IOMMU_FAULT_ENTRIES_MAX == \(FaultRing.entryRange.upperBound));
+            CHECK(VHOST_IOMMU_FAULT_R_DOMAIN == \(FaultRecord.Reason.domain.rawValue));
+            CHECK(VHOST_IOMMU_FAULT_R_MAPPING == \(FaultRecord.Reason.mapping.rawValue));
+            CHECK(VHOST_IOMMU_FAULT_F_READ == \(FaultRecord.Access.read.rawValue));
+            CHECK(VHOST_IOMMU_FAULT_F_WRITE == \(FaultRecord.Access.write.rawValue));
+            CHECK(sizeof(struct vhost_iommu_fault_record) == \(FaultRecord.size));
+            CHECK(offsetof(struct vhost_iommu_fault_record, endpoint) == \(offsets.faultEndpoint));
+            CHECK(offsetof(struct vhost_iommu_fault_record, reason) == \(offsets.faultReason));
+            CHECK(offsetof(struct vhost_iommu_fault_record, epoch) == \(offsets.faultEpoch));
+            CHECK(offsetof(struct vhost_iommu_fault_record, address) == \(offsets.faultAddress));
             CHECK(sizeof(struct vhost_iommu_log_entry) == \(LogEntry.size));
             CHECK(VHOST_IOMMU_LOG_ENTRY_SIZE == \(LogEntry.size));
             CHECK(VHOST_IOMMU_MAX_REQUEST_ENTRIES == \(LogEntry.maxPerRequest));

@@ -10,8 +10,8 @@ import Testing
         let decoded = try decode(hello.encoded) { raw throws(FrontendWireError) in try HelloRequest(decoding: raw) }
         #expect(decoded == hello && hello.encoded.count == 16)
         let reply = try decoded.reply(supporting: [.commitWindow, .faultRing, .localChanges], queueSize: 1024)
-        // Unknown bits and FAULT_RING (never granted in version 1) are not in force.
-        #expect(reply.version == 1 && reply.capabilities == [.commitWindow, .localChanges] && reply.queueSize == 1024)
+        // Unknown bits are not in force; the three version-1 capabilities are.
+        #expect(reply.version == 1 && reply.capabilities == [.commitWindow, .faultRing, .localChanges] && reply.queueSize == 1024)
         let back = try decode(reply.encoded) { raw throws(FrontendWireError) in try HelloReply(decoding: raw, for: hello) }
         #expect(back == reply && reply.encoded.count == 24)
         let narrow = HelloRequest(capabilities: .localChanges)

@@ -33,8 +33,9 @@ import VirtioIOMMU
         let events = try DriverQueue(memory: memory, index: 1, size: 256)
         let offered = try frontend.initialize(queues: [requests, events])
 
-        // §3: HELLO, answered with version 1, no optional capability, queue size 256.
-        let hello = HelloRequest(capabilities: .version1)
+        // §3: HELLO, answered with version 1, LOCAL_CHANGES, queue size 256 (the fault ring is not asked
+        // for here: faultsTheFrontEndReportsReachTheEventQueue has it).
+        let hello = HelloRequest(capabilities: [.commitWindow, .localChanges])
         let helloReply = try Self.request(frontend, .hello, hello.encoded)
         let reply = try helloReply.withUnsafeBytes { bytes throws(FrontendWireError) in try HelloReply(decoding: bytes, for: hello) }
         #expect(reply.version == 1 && reply.capabilities == [.localChanges] && reply.queueSize == 256)
@@ -174,7 +175,7 @@ extension FrontendProtocolEndToEndTests {
         let frontend = try daemon.connect()
         let memory = try SharedMemory(size: 1 << 20)
         _ = try frontend.initialize(queues: [try DriverQueue(memory: memory, index: 0, size: 16), try DriverQueue(memory: memory, index: 1, size: 16)])
-        _ = try request(frontend, .hello, HelloRequest(capabilities: .version1).encoded)
+        _ = try request(frontend, .hello, HelloRequest(capabilities: [.commitWindow, .localChanges]).encoded)
         let layout = RegionLayout.standard(epoch: epoch, logEntries: 1024)
         let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "region", size: Int(layout.regionSize)))
         let region = FrontendRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
