@@ -85,6 +85,11 @@ public final class Daemon: @unchecked Sendable {
 
     public func connect() throws -> TestFrontend { try TestFrontend(connectingTo: socketPath) }
 
+    /// Sends a signal without waiting (SIGSTOP and SIGCONT: a daemon that stops answering for a while).
+    public func signal(_ signal: Int32) {
+        if process.isRunning { kill(process.processIdentifier, signal) }
+    }
+
     /// Sends a signal and waits for the exit; returns the exit status.
     @discardableResult
     public func terminate(_ signal: Int32 = SIGTERM) -> Int32 {

@@ -22,11 +22,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vfio-group.h"
+
 #define IOVA_BASE 0x100000000ull
 
 static int fail(const char *step) {
-    printf("@@VFIO status=error step=%s errno=%d (%s)\n", step, errno, strerror(errno));
-    fflush(stdout);
+    vfio_fail("VFIO", step);
     return 1;
 }
 
@@ -54,18 +55,9 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    int container = open("/dev/vfio/vfio", O_RDWR);
-    if (container < 0) return fail("open-container");
-    if (ioctl(container, VFIO_GET_API_VERSION) != VFIO_API_VERSION) return fail("api-version");
-    if (!ioctl(container, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU)) return fail("type1v2");
-    char path[64];
-    snprintf(path, sizeof path, "/dev/vfio/%s", group_number);
-    int group = open(path, O_RDWR);
-    if (group < 0) return fail("open-group");
-    struct vfio_group_status status = { .argsz = sizeof status };
-    if (ioctl(group, VFIO_GROUP_GET_STATUS, &status) || !(status.flags & VFIO_GROUP_FLAGS_VIABLE)) return fail("group-viable");
-    if (ioctl(group, VFIO_GROUP_SET_CONTAINER, &container)) return fail("set-container");
-    if (ioctl(container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)) return fail("set-iommu");
+    int group = -1;
+    int container = vfio_open_container("VFIO", group_number, &group);
+    if (container < 0) return 1;
 
     size_t stride = hugetlb ? (2ul << 20) : size;
     size_t total = buffers * stride;
