@@ -60,10 +60,15 @@ func fuzzFrontend(_ data: UnsafeBufferPointer<UInt8>) {
     guard var writer = try? LogWriter(memory: memory, layout: layout, capabilities: capabilities,
                                       startIndex: mirror.applied) else { return }
     var epoch = layout.epoch
+    // The fault ring (§10) in a region of its own: QEMU's writer against the daemon's reader.
+    let faultLayout = RegionLayout.standard(epoch: layout.epoch, logEntries: 64, faultEntries: 16)
+    let faultMemory = InMemoryRegion(byteCount: Int(faultLayout.regionSize))
+    var faultWriter = FaultRingWriter(memory: faultMemory, layout: faultLayout, startTail: UInt64(setup) << 8)
+    guard var faultReader = try? FaultRingReader(memory: faultMemory, layout: faultLayout) else { return }
     var steps = 0
     while !input.isAtEnd && steps < 512 {
         steps += 1
-        switch input.u8() % 10 {
+        switch input.u8() % 11 {
         case 0:  // a front-end request payload, or HELLO's reply, or a status
             let bytes = input.take(Int(input.u8() % 48))
             switch input.u8() % 6 {
@@ -147,6 +152,36 @@ func fuzzFrontend(_ data: UnsafeBufferPointer<UInt8>) {
                 if let fresh = try? LogWriter(memory: memory, layout: mirror.layout, capabilities: capabilities,
                                               startIndex: request.startIndex) { writer = fresh }
             }
+        case 10:  // the fault ring: records written, bytes or a tail forged, a drain by the back-end
+            switch input.u8() % 4 {
+            case 0:
+                for _ in 0..<Int(input.u8() % 20) {
+                    faultWriter.append(FaultRecord(endpoint: UInt32(input.u8() % 10), reason: input.u8() % 2 == 0 ? .domain : .mapping,
+                                                   access: FaultRecord.Access(rawValue: input.u8() % 3 + 1), address: input.u64(),
+                                                   epoch: input.u8() % 4 == 0 ? input.u32() : faultReader.epoch))
+                }
+            case 1:
+                let bytes = input.take(FaultRecord.size)
+                bytes.withUnsafeBytes { faultMemory.storeBytes($0, at: faultLayout.faultRecordOffset(UInt64(input.u8()))) }
+                roundTrip(bytes, { b throws(FrontendWireError) in try FaultRecord(decoding: b, index: 0) }) { $0.encoded(index: 0) }
+            case 2:
+                faultMemory.storeRelease(input.u8() % 2 == 0 ? input.u64() : faultReader.head &+ UInt64(input.u8() % 40),
+                                         at: FaultRing.tailOffset)
+            default:
+                let before = faultReader.head
+                let tail = faultMemory.loadAcquire(at: FaultRing.tailOffset)
+                var taken = 0
+                let currentEpoch = faultReader.epoch
+                if (try? faultReader.drain({ record in
+                    precondition(record.epoch == currentEpoch, "a record of another epoch was taken")
+                    taken += 1
+                })) != nil {
+                    // Bounded work: never more than the ring's size per call, and the head lands on the tail.
+                    precondition(taken <= Int(faultLayout.faultEntries) && faultReader.head == tail, "fault ring drain overran")
+                } else {
+                    precondition(faultReader.head == before, "a refused fault_tail moved the head")
+                }
+            }
         default:  // translations, notifiers, and the snapshot of what the mirror accepted
             mirror.setNotifier(endpoint: UInt32(input.u8() % 10), flags: input.u8())
             _ = mirror.translate(endpoint: UInt32(input.u8() % 10), address: UInt64(input.u16()) << 8, write: input.u8() % 2 == 0,
@@ -225,7 +260,12 @@ func writeSeeds(to directory: String) {
     payloads += ResetRequest(epoch: 2, kind: .system, bypass: true, startIndex: 5).encoded
     payloads += [4, 1, 0, 1, 0, 0, 2]
     payloads += LogEntry(indexLow: 3, operation: .commit, flags: .last, status: 4, epoch: 1).encoded
-    for (name, bytes) in [("session", session), ("reset", reset), ("writer", writer), ("payloads", payloads)] {
+    // The fault ring: two records (endpoint, reason, access, address, own epoch), then a drain.
+    var faults: [UInt8] = [0x11, 0, 0, 10, 0, 2]
+    faults += [1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1]
+    faults += [2, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1]
+    faults += [10, 3]
+    for (name, bytes) in [("session", session), ("reset", reset), ("writer", writer), ("payloads", payloads), ("faults", faults)] {
         writeFile("\(directory)/\(name)", bytes)
     }
 }
