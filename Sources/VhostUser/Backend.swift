@@ -230,6 +230,10 @@ public final class VhostUserBackend: @unchecked Sendable {
             // A ring anomaly counts only once the messages already sent are handled (a reset explains it).
             settleSuspectedRings()
             if disconnectRequested { return .disconnected }
+            if device.wantsDisconnect {
+                logger.error("closing the connection at the device's request")
+                return .disconnected
+            }
             // Event buffers and faults: faults raised off the loop wake it (and so a descriptor check).
             if checkDescriptors {
                 serviceOnDemandQueues()

@@ -45,6 +45,10 @@ public protocol VhostUserDevice: AnyObject {
     /// The front-end connection ended (before the reset that follows): whatever the device set up with
     /// that front-end (device requests, watched descriptors) ends with it. Default: nothing.
     func frontendDisconnected()
+    /// Whether the device wants the connection closed (the front-end broke a protocol of the device's
+    /// own, and only a fresh connection can set it right). Asked once per loop turn; cleared by
+    /// `frontendDisconnected`. Default: never.
+    var wantsDisconnect: Bool { get }
     /// A front-end request of the device's own (`DeviceRequest.firstID` and above: QEMU's
     /// VHOST_USER_DEVICE_REQUEST_MIN), after the engine checked that it asks for a reply. Returns the
     /// reply's payload, or nil to refuse it (the front-end then reads a nonzero 8-byte status).
@@ -83,6 +87,7 @@ extension VhostUserDevice {
     }
 
     public func frontendDisconnected() {}
+    public var wantsDisconnect: Bool { false }
     public func loopWoken() {}
     public func completionMustWait(queue: Int) -> Bool { false }
     public func completionMayProceed(queue: Int) -> Bool { true }

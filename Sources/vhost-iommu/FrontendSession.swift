@@ -65,6 +65,9 @@ final class FrontendSession {
     private let endpointBitmap: EndpointBitmap?
     /// Why the last session ended with a violation, for the log.
     private(set) var lastViolation: String?
+    /// A violation ended the session while the connection stays: QEMU's mirror no longer follows the
+    /// model, so the connection must close (§9.2) and QEMU resynchronise on the next one (§8.2).
+    private(set) var violationNeedsReconnect = false
 
     /// The configuration a pushed state must fit (§8.2).
     private let configuration: Configuration
@@ -454,6 +457,7 @@ final class FrontendSession {
 
     /// The front-end is gone (disconnect or device reset of the connection): the session ends.
     func end(model: inout Device) {
+        violationNeedsReconnect = false
         if case .active(let active) = phase, let reader = active.faults {
             droppedInEndedSessions = Self.saturatingSum(droppedInEndedSessions, reader.droppedByFrontend)
             faultCounters.droppedByFrontend = droppedInEndedSessions
@@ -466,6 +470,7 @@ final class FrontendSession {
     private func end(violation: String, model: inout Device) {
         lastViolation = violation
         end(model: &model)
+        violationNeedsReconnect = true
     }
 }
 

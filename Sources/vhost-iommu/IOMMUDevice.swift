@@ -198,7 +198,13 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
         }
     }
 
+    /// The front-end broke the protocol (docs/frontend-protocol.md §9.2): the engine closes the connection.
+    var wantsDisconnect: Bool { frontend.violationNeedsReconnect }
+
     func frontendDisconnected() {
+        if frontend.violationNeedsReconnect, let violation = frontend.lastViolation {
+            logger.error("front-end protocol: \(violation); connection closed so that QEMU resynchronises")
+        }
         for (_, request) in acknowledgementWaiters { request.finish(.success(())) }  // done in the model; QEMU is gone
         acknowledgementWaiters = []
         let session = frontend

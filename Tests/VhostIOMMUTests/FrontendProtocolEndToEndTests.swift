@@ -136,6 +136,45 @@ import VirtioIOMMU
 }
 
 extension FrontendProtocolEndToEndTests {
+    // §9.2: `applied` beyond `tail` is a violation. The session ends and the connection closes, so that
+    // QEMU, whose mirror no longer follows the model, reconnects and pushes its state (§8.2); a new
+    // connection starts a new session.
+    @Test func aFrontEndThatBreaksTheProtocolIsDisconnected() throws {
+        let daemon = try Daemon(["--endpoint", "8", "--bypass", "off", "--reconnect"])
+        let frontend = try daemon.connect()
+        let memory = try SharedMemory(size: 8 << 20)
+        let requests = try DriverQueue(memory: memory, index: 0, size: 256)
+        let events = try DriverQueue(memory: memory, index: 1, size: 256)
+        let offered = try frontend.initialize(queues: [requests, events])
+        let hello = HelloRequest(capabilities: [.localChanges])
+        _ = try Self.request(frontend, .hello, hello.encoded)
+        let layout = RegionLayout.standard(epoch: 1, logEntries: 1024)
+        let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "region", size: Int(layout.regionSize)))
+        let region = FrontendRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
+        _ = MirrorReader(memory: region, layout: layout, rules: .init(granule: 4096, capabilities: [.localChanges], queueSize: 256),
+                         startIndex: 0)
+        let bell = OwnedFileDescriptor(try SystemCall.eventFD()), ack = OwnedFileDescriptor(try SystemCall.eventFD())
+        #expect(try Self.status(Self.request(frontend, .setRegion, SetRegionRequest(regionSize: layout.regionSize, epoch: 1, startIndex: 0).encoded,
+                                             fds: [file.rawValue, bell.rawValue, ack.rawValue])) == .ok)
+        try frontend.start(features: offered & (TransportFeatures.all | Features.standard.rawValue), memory: [memory],
+                           queues: [requests, events])
+        region.storeRelease(1000, at: RegionLayout.appliedOffset)  // no back-end published 1000 entries
+        _ = requests.add(readable: [MapRequest(domain: 1, virtualStart: 0, virtualEnd: 0xfff, physicalStart: 0, flags: 1).encoded],
+                         writable: [4])
+        requests.kickNow()
+        let deadline = ContinuousClock.now + .seconds(5)
+        var open = true
+        while open && ContinuousClock.now < deadline { open = (try? frontend.sync()) != nil }
+        #expect(!open, "the daemon closed the connection")
+        let again = try daemon.connect()
+        _ = try again.initialize(queues: [requests, events])
+        let reply = try Self.request(again, .hello, hello.encoded)
+        #expect(reply.count == HelloReply.size, "a new connection starts a new session")
+        again.disconnect()
+        #expect(daemon.terminate() == 0)
+        #expect(daemon.log.contains("applied"), "the violation is logged")
+    }
+
     // §8.2: a restarted daemon adopts the state QEMU pushes, all or nothing: domains, attachments and
     // mappings, checked as the guest's own requests would be. A snapshot that maps over an endpoint's
     // reserved MSI window (D45) is refused and changes nothing; a good one then goes through.
