@@ -51,14 +51,54 @@ extension GuestWorkload {
         return reportFields(report)
     }
 
-    /// The guest's disk names (vda, vdb, …) by the PCI address of their device.
-    func disksByPCIAddress(_ machine: Machine, names: [String]) throws -> [String: String] {
+    /// The guest's disk names (vda, vdb, nvme0n1, …) by the PCI address of their device; the guest waits up to
+    /// `waitSeconds` (default 5) for each disk to appear.
+    func disksByPCIAddress(_ machine: Machine, names: [String], waitSeconds: Int? = nil) throws -> [String: String] {
         var disks: [String: String] = [:]
         for name in names {
-            let line = try #require(try machine.run("blk_pci \(name)").first { $0.hasPrefix("@@BLKPCI \(name) ") })
+            let command = "blk_pci \(name)" + (waitSeconds.map { " \($0)" } ?? "")
+            let line = try #require(try machine.run(command, timeout: .seconds(120 + (waitSeconds ?? 0))).first { $0.hasPrefix("@@BLKPCI \(name) ") })
             disks[String(line.split(separator: " ")[2])] = name
         }
         return disks
+    }
+
+    /// The value in the guest helper's reply "PREFIX VALUE" to `command` (scripts/guest/init: `present PATH` →
+    /// "@@PRESENT PATH yes|no", `deferred BDF` → "@@DEFERRED BDF yes|no", `driver LINK` → "@@DRIVER LINK NAME", with an
+    /// empty NAME when no driver is bound).
+    func guestReply(_ machine: Machine, _ command: String, prefix: String) throws -> String {
+        let lines = try machine.run(command)
+        let line = try #require(lines.first { $0.hasPrefix(prefix + " ") || $0 == prefix }, "\(command): \(lines)")
+        return String(line.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces)
+    }
+
+    /// Writes the `seed` pattern over the first `range` bytes of the guest's disk `name` with blk-io (O_DIRECT,
+    /// `blockSize` at a time) and reads it back. Expects both runs to succeed, the guest's two sums, the pattern's and
+    /// the host image's first `range` bytes to agree, and the rest of the image to hold what it held before the guest
+    /// ran (`image.prefill`). Returns blk-io's two reports.
+    @discardableResult
+    func writeAndVerify(_ machine: Machine, disk name: String, image: (path: String, prefill: [UInt8]), seed: UInt64,
+                        range: Int, blockSize: String, _ label: String) throws -> (written: [String: String], read: [String: String]) {
+        let hexSeed = String(format: "0x%llx", seed)
+        let written = try blkIO(machine, "/dev/\(name) write \(range) \(blockSize) \(hexSeed)")
+        let read = try blkIO(machine, "/dev/\(name) read \(range) \(blockSize) \(hexSeed)")
+        #expect(written["status"] == "ok" && read["status"] == "ok", "\(label): write \(written), read \(read)\n\(machine.log)")
+
+        let pattern = DiskPattern.bytes(seed: seed, count: range)
+        let expected = DiskPattern.hex(DiskPattern.fnv1a(pattern))
+        let host = try Data(contentsOf: URL(fileURLWithPath: image.path))
+        try #require(host.count == image.prefill.count && range <= host.count, "\(image.path) is \(host.count) bytes")
+        let hostSum = host.withUnsafeBytes { DiskPattern.fnv1a(UnsafeRawBufferPointer(rebasing: $0[..<range])) }
+        #expect(written["sum"] == expected, "\(label): the guest wrote \(written), the pattern's sum is \(expected)")
+        #expect(read["sum"] == expected, "\(label): the guest read back \(read), the pattern's sum is \(expected)")
+        #expect(DiskPattern.hex(hostSum) == expected, "\(label): the host image's first \(range) bytes sum to \(DiskPattern.hex(hostSum))")
+        let (head, tail) = host.withUnsafeBytes { host in
+            (pattern.withUnsafeBytes { memcmp(host.baseAddress!, $0.baseAddress!, range) },
+             image.prefill.withUnsafeBytes { memcmp(host.baseAddress! + range, $0.baseAddress! + range, host.count - range) })
+        }
+        #expect(head == 0, "\(label): the host image's first \(range) bytes are not the pattern")
+        #expect(tail == 0, "\(label): the guest changed the host image beyond the \(range) bytes it wrote")
+        return (written, read)
     }
 
     /// The type of the iommu group of the guest's PCI device `bdf` (DMA, DMA-FQ, identity or blocked).
@@ -110,10 +150,10 @@ extension GuestWorkload {
     /// off, `-boot strict=on` and `iommu.strict=1` (DiskDMATests says why). Each disk is a raw image of
     /// `DiskDMATests.imageSize` bytes in `folder`, pre-filled with its placement's pattern. For
     /// vhost-user-iommu-pci the daemon knows `endpoints` and gets `daemonArguments` too. Either IOMMU has the
-    /// id viommu0 (`frontendCounter` reads the daemon's front-end by it).
+    /// id viommu0 (`frontendCounter` reads the daemon's front-end by it). `kernelArguments` follow iommu.strict=1.
     func startDiskMachine(_ iommu: DiskDMATests.IOMMU, placements: [DiskDMATests.Placement], endpoints: [Int],
                           daemonArguments: [String] = ["--log-level", "info"], files: GuestFiles, folder: URL,
-                          tag: String) throws -> DiskMachine {
+                          tag: String, kernelArguments: [String] = []) throws -> DiskMachine {
         // Raw images pre-filled with their own pattern, so that a write that never reached the image shows.
         // Not cache=none: /tmp may be tmpfs, which refuses the O_DIRECT that QEMU would open the image with.
         var images: [String: (path: String, prefill: [UInt8])] = [:]
@@ -139,7 +179,8 @@ extension GuestWorkload {
             arguments[arguments.count - 1] += ",id=viommu0"
         }
         arguments += placements.flatMap(\.devices)
-        let machine = try Machine(qemu: files.qemu, arguments: arguments, guest: files, tag: tag, kernelArguments: ["iommu.strict=1"])
+        let machine = try Machine(qemu: files.qemu, arguments: arguments, guest: files, tag: tag,
+                                  kernelArguments: ["iommu.strict=1"] + kernelArguments)
         return DiskMachine(machine: machine, daemon: daemon, images: images)
     }
 
