@@ -256,11 +256,15 @@ public final class VhostUserBackend: @unchecked Sendable {
         }
         do {
             for queue in queues where isPollable(queue) && !queue.kicksSuppressed { try queue.setKicks(enabled: false) }
-            let deadline = ContinuousClock.now + .nanoseconds(Int64(polling.window))
+            let started = ContinuousClock.now
+            let deadline = started + .nanoseconds(Int64(polling.window))
+            // Past yieldAfter, each check is followed by a sched_yield instead of a pause (AdaptivePolling).
+            let yieldFrom = polling.yieldAfter.flatMap { $0 < polling.window ? started + .nanoseconds(Int64($0)) : nil }
             while true {
                 if queues.contains(where: { isPollable($0) && $0.hasAvailable }) { return true }
-                if ContinuousClock.now >= deadline { break }
-                for _ in 0..<4 { cvu_cpu_relax() }
+                let now = ContinuousClock.now
+                if now >= deadline { break }
+                if let yieldFrom, now >= yieldFrom { sched_yield() } else { for _ in 0..<4 { cvu_cpu_relax() } }
             }
             // Kicks back on before blocking; entries that slipped in meanwhile count as found.
             var found = false
@@ -325,7 +329,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             queue.restartsFresh = restartsFresh
         }
         status = 0
-        polling = AdaptivePolling(maximumNanoseconds: polling.maximum)  // a fresh device has not polled yet
+        polling = polling.restarted  // a fresh device has not polled yet
         device.reset()
         watchDeviceDescriptors()
     }

@@ -62,6 +62,9 @@ struct Serve: ParsableCommand {
     @Option(help: "Longest time in microseconds to poll the request ring before sleeping (adaptive, 0-1000; 0: never poll).")
     var pollMaxUs: UInt64 = 100
 
+    @Option(help: "While polling, spin this many microseconds without work before yielding the core between checks (0-1000; at or above --poll-max-us: never; default: never).")
+    var pollYieldUs: UInt64?
+
     @Flag(help: "After the front-end disconnects, wait for the next one instead of exiting.")
     var reconnect = false
 
@@ -92,6 +95,7 @@ struct Serve: ParsableCommand {
         }
         if let pasidQuota, pasidQuota < 0 { throw ValidationError("--pasid-quota must not be negative") }
         guard pollMaxUs <= 1000 else { throw ValidationError("--poll-max-us must be 0...1000") }
+        guard (pollYieldUs ?? 0) <= 1000 else { throw ValidationError("--poll-yield-us must be 0...1000") }
         if let width = pasidStore.width, !(1...maxPASIDWidth).contains(width) {
             throw ValidationError("--pasid-width must be 1...\(maxPASIDWidth)")
         }
@@ -166,7 +170,8 @@ struct Serve: ParsableCommand {
         let device = try IOMMUDevice(configuration: deviceConfiguration(), pasidStore: store, owner: owner, logger: logger)
         let backend = try VhostUserBackend(
             device: device, limits: .init(maxMemoryRegions: maxMemoryRegions, maxMessageSize: maxMessageSize),
-            polling: AdaptivePolling(maximumNanoseconds: pollMaxUs * 1000), logger: Logger(label: "vhost-user"))
+            polling: AdaptivePolling(maximumNanoseconds: pollMaxUs * 1000,
+                                     yieldAfterNanoseconds: pollYieldUs.flatMap { $0 < pollMaxUs ? $0 * 1000 : nil }), logger: Logger(label: "vhost-user"))
         device.waker.withLock { $0 = backend.waker }
         let control = try controlSocket.map { try ControlServer(path: $0, device: device, logger: logger) }
         control?.backendCounters.withLock {

@@ -153,11 +153,12 @@ extension GuestWorkload {
     /// id viommu0 (`frontendCounter` reads the daemon's front-end by it). `kernelArguments` follow iommu.strict=1.
     func startDiskMachine(_ iommu: DiskDMATests.IOMMU, placements: [DiskDMATests.Placement], endpoints: [Int],
                           daemonArguments: [String] = ["--log-level", "info"], files: GuestFiles, folder: URL,
-                          tag: String, kernelArguments: [String] = []) throws -> DiskMachine {
+                          tag: String, kernelArguments: [String] = [], daemonExecutable: URL = RealGuestTests.daemonExecutable,
+                          qemuArguments: [String] = []) throws -> DiskMachine {
         // Raw images pre-filled with their own pattern, so that a write that never reached the image shows.
         // Not cache=none: /tmp may be tmpfs, which refuses the O_DIRECT that QEMU would open the image with.
         var images: [String: (path: String, prefill: [UInt8])] = [:]
-        var arguments = RealGuestTests.memory("512M") + ["-boot", "strict=on"]
+        var arguments = RealGuestTests.memory("512M") + ["-boot", "strict=on"] + qemuArguments
         for placement in placements {
             let path = folder.appendingPathComponent("\(placement.drive).img").path
             let prefill = DiskPattern.bytes(seed: placement.prefillSeed, count: DiskDMATests.imageSize)
@@ -172,7 +173,7 @@ extension GuestWorkload {
             arguments += ["-device", "virtio-iommu-pci,bus=pcie.0,addr=02.0,id=viommu0,boot-bypass=off"]
         case .vhostUser:
             let server = try Daemon(endpoints.flatMap { ["--endpoint", "\($0)"] } + ["--bypass", "off"] + daemonArguments,
-                                    polling: .daemonDefault, executable: RealGuestTests.daemonExecutable)
+                                    polling: .daemonDefault, executable: daemonExecutable)
             daemon = server
             arguments += FrontendDeviceTests.iommuDevice(socket: server.socketPath)
             arguments[arguments.count - 3] += ",reconnect-ms=100"  // the chardev: QEMU reconnects to a restarted daemon

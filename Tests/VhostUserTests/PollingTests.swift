@@ -63,6 +63,29 @@ import VhostUserTestSupport
         #expect(used?.length == 2 && reply == [4, 3])
     }
 
+    // docs/vhost-user.md "Event loop": past --poll-yield-us the spin yields the core between checks; it
+    // still finds requests published without a kick, and a device reset keeps the setting.
+    @Test func yieldingSpinStillServesRequestsWithoutKicks() throws {
+        let polling = AdaptivePolling(maximumNanoseconds: 100_000_000, window: 100_000_000, yieldAfterNanoseconds: 0)
+        #expect(polling.restarted == AdaptivePolling(maximumNanoseconds: 100_000_000, yieldAfterNanoseconds: 0))
+        let h = try Harness(polling: polling)
+        try h.start(features: h.allFeatures)
+        let q = h.queues[0]
+        var servedWithoutKick = 0
+        for i in 0..<40 where servedWithoutKick < 3 {
+            let head = q.add(readable: [[UInt8(i), 1]], writable: [2])
+            if q.waitForUsed(1, timeout: .milliseconds(50)).first?.head == head {
+                servedWithoutKick += 1
+                #expect(q.reply(of: head) == [1, UInt8(i)])
+            } else {
+                q.kickNow()
+                #expect(q.waitForUsed(1).first?.head == head)
+            }
+        }
+        #expect(servedWithoutKick == 3)
+        #expect(h.backend.polling.yieldAfter == 0)
+    }
+
     // Ring states ("Stopping a ring": GET_VRING_BASE) + §2.7.10: a pause that arrives while the loop
     // polls the ring, with kicks off, must find them back on when the ring stops, or a driver that
     // honours the suppression would never kick the resumed ring.

@@ -1,0 +1,217 @@
+import DaemonTestSupport
+import Foundation
+import Glibc
+import Testing
+
+/// Issue 15 §4, the gate's measurement: guest O_DIRECT virtio-blk I/O behind vhost-user-iommu-pci against
+/// QEMU's built-in virtio-iommu-pci, side by side in one run (`scripts/bench-guest --disk [ROUNDS]`).
+/// Bench-only: it prints `disk-bench:` figures and asserts only that the workload ran; it runs only when
+/// VHOST_IOMMU_DISK_BENCH_ROUNDS is set.
+///
+/// DiskDMATests' set-up (`iommu.strict=1`, bypass off, `-boot strict=on`, TCG, 1 vCPU, 512 MiB), with the
+/// root-bus disk only. Each round boots one VM per configuration, alternating which goes first, and runs
+/// `repeats` times: blk-io `write` and `read` of `size` bytes at 64 KiB, then blk-io `bench` over 4 MiB with
+/// `randomSeconds` of random 4 KiB reads (its IOPS figure; its 8 MiB of sequential I/O first take ~2 % of
+/// the step). Around each step the CPU time and run-queue wait (schedstat fields 1 and 2) of every thread
+/// of QEMU and of the daemon. Printed: each configuration's median and range over all samples; the ratio to
+/// the built-in device per round (round medians), median and range; CPU per GiB at 64 KiB and per 4 KiB
+/// read; and where the CPU and the waits go, by thread name.
+///
+/// The image is on /dev/shm unless VHOST_IOMMU_DISK_BENCH_FOLDER says otherwise (`imageFolder`).
+/// Environment: VHOST_IOMMU_DISK_BENCH_ROUNDS (rounds), VHOST_IOMMU_DISK_BENCH_REPEATS (steps per boot,
+/// default 3), VHOST_IOMMU_DISK_BENCH_MIB (sequential size, default 64, at most the 64 MiB image),
+/// VHOST_IOMMU_DISK_BENCH_SECONDS (random reads, default 3), VHOST_IOMMU_DAEMON_ARGS (extra daemon options),
+/// and VHOST_IOMMU_DISK_BENCH_VARIANTS to compare more vhost-user configurations in the same run:
+/// `NAME:daemon=PATH,qemu=PATH,args=OPT OPT;NAME2:…` (each key optional; qemu= changes only that
+/// configuration's binary, so give it a binary that differs from the stock one only in the front-end).
+@Suite(.serialized, .enabled(if: GuestFiles.unavailableReason == nil && DiskBenchSettings.rounds != nil,
+                             "set VHOST_IOMMU_DISK_BENCH_ROUNDS (scripts/bench-guest --disk)"))
+struct DiskBenchmark: GuestWorkload {
+    static let environment = ProcessInfo.processInfo.environment
+    static func integer(_ name: String) -> Int? { environment[name].flatMap { Int($0) }.map { max(1, $0) } }
+    static let rounds = DiskBenchSettings.rounds
+    static let repeats = integer("VHOST_IOMMU_DISK_BENCH_REPEATS") ?? 3
+    static let size = min(integer("VHOST_IOMMU_DISK_BENCH_MIB") ?? 64, DiskDMATests.imageSize >> 20) << 20
+    static let randomSeconds = integer("VHOST_IOMMU_DISK_BENCH_SECONDS") ?? 3
+    static let randomRange = 4 << 20
+    /// Where the disk image lives: tmpfs by default, so that the guest's fdatasync (timed in blk-io's write)
+    /// and the host's writeback do not put the host disk's speed into the figures (both devices alike).
+    static let imageFolder = environment["VHOST_IOMMU_DISK_BENCH_FOLDER"]
+        ?? (access("/dev/shm", W_OK) == 0 ? "/dev/shm" : FileManager.default.temporaryDirectory.path)
+
+    struct Configuration {
+        var name: String
+        var iommu: DiskDMATests.IOMMU
+        var daemon = RealGuestTests.daemonExecutable
+        var daemonArguments: [String] = []
+        var qemu: String?
+    }
+
+    static var configurations: [Configuration] {
+        var list = [Configuration(name: "built-in", iommu: .builtIn),
+                    Configuration(name: "vhost-user", iommu: .vhostUser, daemonArguments: RealGuestTests.extraDaemonArguments)]
+        for variant in (environment["VHOST_IOMMU_DISK_BENCH_VARIANTS"] ?? "").split(separator: ";") {
+            let parts = variant.split(separator: ":", maxSplits: 1)
+            var configuration = Configuration(name: String(parts[0]), iommu: .vhostUser)
+            for option in parts.count > 1 ? parts[1].split(separator: ",") : [] {
+                let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
+                guard pair.count == 2 else { continue }
+                switch pair[0] {
+                case "daemon": configuration.daemon = URL(fileURLWithPath: pair[1])
+                case "qemu": configuration.qemu = pair[1]
+                case "args": configuration.daemonArguments = pair[1].split(separator: " ").map(String.init)
+                default: break
+                }
+            }
+            list.append(configuration)
+        }
+        return list
+    }
+
+    /// One thread's schedstat: nanoseconds on CPU and waiting on a run queue.
+    struct ThreadTime { var cpu: Double = 0, wait: Double = 0 }
+
+    /// Every thread of `pid` by "process/thread name" (threads of one name summed), in seconds.
+    static func threadTimes(_ pid: pid_t, _ process: String) -> [String: ThreadTime] {
+        var times: [String: ThreadTime] = [:]
+        for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? [] {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8),
+                  let comm = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8) else { continue }
+            let fields = stat.split(separator: " ").compactMap { Double($0) }
+            guard fields.count >= 2 else { continue }
+            let key = "\(process)/\(comm.trimmingCharacters(in: .whitespacesAndNewlines))"
+            times[key, default: ThreadTime()].cpu += fields[0] / 1e9
+            times[key, default: ThreadTime()].wait += fields[1] / 1e9
+        }
+        return times
+    }
+
+    /// One step's figures: its rate and what every thread spent during it.
+    struct Step {
+        var rate: Double
+        var units: Double  // bytes for the 64 KiB steps, reads for the random step
+        var threads: [String: ThreadTime]
+        var cpu: Double { threads.values.reduce(0) { $0 + $1.cpu } }
+        var wait: Double { threads.values.reduce(0) { $0 + $1.wait } }
+        func cpu(of process: String) -> Double { threads.filter { $0.key.hasPrefix(process + "/") }.values.reduce(0) { $0 + $1.cpu } }
+    }
+
+    /// What one boot measured: each step kind's samples.
+    struct Boot { var write: [Step] = [], read: [Step] = [], random: [Step] = [] }
+
+    @Test func diskThroughputBothIOMMUsSideBySide() throws {
+        let files = try GuestFiles.install()
+        let configurations = Self.configurations
+        let rounds = Self.rounds ?? 1
+        print("disk-bench: \(rounds) rounds × \(Self.repeats) per boot; image in \(Self.imageFolder); 64 KiB O_DIRECT write and read of \(Self.size >> 20) MiB, "
+              + "\(Self.randomSeconds) s random 4 KiB reads over \(Self.randomRange >> 20) MiB; iommu.strict=1, TCG, 1 vCPU; "
+              + configurations.map { "\($0.name) \($0.iommu) \($0.daemonArguments.joined(separator: " ")) \($0.qemu ?? "")" }.joined(separator: "; "))
+        // boots[configuration][round]
+        var boots = Array(repeating: [Boot](), count: configurations.count)
+        for round in 0..<rounds {
+            let order = round % 2 == 0 ? Array(configurations.indices) : configurations.indices.reversed()
+            for index in order {
+                let boot = try measure(files, configurations[index])
+                boots[index].append(boot)
+                func summary(_ steps: [Step]) -> String { steps.map { String(format: "%.0f", $0.rate) }.joined(separator: " ") }
+                print("disk-bench: round \(round + 1) \(configurations[index].name): write MB/s \(summary(boot.write)); "
+                      + "read MB/s \(summary(boot.read)); IOPS \(summary(boot.random))")
+            }
+        }
+
+        func spread(_ values: [Double], _ format: String = "%.1f") -> String {
+            let sorted = values.sorted()
+            return String(format: "\(format) [\(format)–\(format)]", median(values), sorted.first ?? 0, sorted.last ?? 0)
+        }
+        let kinds: [(String, KeyPath<Boot, [Step]>)] = [("64 KiB write MB/s", \.write), ("64 KiB read MB/s", \.read), ("4 KiB IOPS", \.random)]
+        for (index, configuration) in configurations.enumerated() {
+            let all = { (kind: KeyPath<Boot, [Step]>) in boots[index].flatMap { $0[keyPath: kind] } }
+            var line = "disk-bench: \(configuration.name): median [min–max] of \(all(\.write).count): "
+            line += kinds.map { "\($0.0) \(spread(all($0.1).map(\.rate), "%.0f"))" }.joined(separator: ", ")
+            let sequential = all(\.write) + all(\.read)
+            let gib = sequential.reduce(0) { $0 + $1.units } / Double(1 << 30)
+            let reads = all(\.random).reduce(0) { $0 + $1.units }
+            let perGiB = { (process: String) in sequential.reduce(0) { $0 + $1.cpu(of: process) } / gib }
+            let perRead = { (process: String) in all(\.random).reduce(0) { $0 + $1.cpu(of: process) } / reads * 1e6 }
+            line += String(format: "; CPU at 64 KiB: QEMU %.2f + daemon %.2f s per GiB; per 4 KiB read: QEMU %.1f + daemon %.1f µs",
+                           perGiB("qemu"), perGiB("daemon"), perRead("qemu"), perRead("daemon"))
+            print(line)
+            if index > 0 {
+                var ratios = "disk-bench: \(configuration.name) / built-in, per round (median [min–max] of \(rounds)): "
+                ratios += kinds.map { kind in
+                    let perRound = zip(boots[index], boots[0]).map { ours, theirs in
+                        median(ours[keyPath: kind.1].map(\.rate)) / median(theirs[keyPath: kind.1].map(\.rate))
+                    }
+                    return "\(kind.0.replacingOccurrences(of: " MB/s", with: "")) \(spread(perRound, "%.2f"))"
+                }.joined(separator: ", ")
+                print(ratios)
+            }
+            // Where the CPU and the run-queue waits go, by thread, per GiB at 64 KiB and per 4 KiB read.
+            for (label, steps, unit, scale) in [("64 KiB, s per GiB", sequential, gib, 1.0), ("4 KiB random, µs per read", all(\.random), reads, 1e6)] {
+                var threads: [String: ThreadTime] = [:]
+                for step in steps {
+                    for (name, time) in step.threads { threads[name, default: ThreadTime()].cpu += time.cpu; threads[name, default: ThreadTime()].wait += time.wait }
+                }
+                let listed = threads.filter { $0.value.cpu + $0.value.wait > 0.0005 * unit / scale }.sorted { $0.value.cpu > $1.value.cpu }
+                print("disk-bench: \(configuration.name) threads, \(label) (CPU / run-queue wait): "
+                      + listed.map { String(format: "%@ %.2f / %.2f", $0.key, $0.value.cpu / unit * scale, $0.value.wait / unit * scale) }
+                          .joined(separator: ", "))
+            }
+        }
+    }
+
+    /// One boot of `configuration`: `repeats` × (write, read, random) with the threads' times around each.
+    private func measure(_ files: GuestFiles, _ configuration: Configuration) throws -> Boot {
+        let folder = URL(fileURLWithPath: Self.imageFolder).appendingPathComponent("vhost-iommu-disk-bench-\(getpid())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        var files = files
+        if let qemu = configuration.qemu { files.qemu = qemu }
+        let placement = DiskDMATests.rootBus
+        let vm = try startDiskMachine(configuration.iommu, placements: [placement], endpoints: [placement.endpoint],
+                                      daemonArguments: ["--log-level", "warning"] + configuration.daemonArguments, files: files,
+                                      folder: folder, tag: "disk-bench-\(getpid())", daemonExecutable: configuration.daemon,
+                                      qemuArguments: ["-name", "debug-threads=on"])  // thread names only, both devices alike
+        let (machine, daemon) = (vm.machine, vm.daemon)
+        try machine.waitFor("@@READY")
+        let name = try #require(try disksByPCIAddress(machine, names: ["vda"])[placement.bdf], "no disk at \(placement.bdf)")
+        let qemuPID = machine.process.processIdentifier
+        let daemonPID = daemon?.process.processIdentifier
+
+        func threads() -> [String: ThreadTime] {
+            var all = Self.threadTimes(qemuPID, "qemu")
+            if let daemonPID { all.merge(Self.threadTimes(daemonPID, "daemon")) { a, _ in a } }
+            return all
+        }
+        func step(_ arguments: String, rate: String, units: ([String: String]) -> Double) throws -> Step {
+            let before = threads()
+            let result = try blkIO(machine, "/dev/\(name) \(arguments)")
+            let after = threads()
+            try #require(result["status"] == "ok", "\(configuration.name): blk-io \(arguments): \(result)\n\(machine.log)")
+            var spent: [String: ThreadTime] = [:]
+            for (thread, time) in after {
+                let earlier = before[thread] ?? ThreadTime()  // a thread that started during the step counts from 0
+                spent[thread] = ThreadTime(cpu: time.cpu - earlier.cpu, wait: time.wait - earlier.wait)
+            }
+            return Step(rate: try #require(result[rate].flatMap(Double.init), "\(result)"), units: units(result), threads: spent)
+        }
+        var boot = Boot()
+        let seed = "0xbe0c"
+        for _ in 0..<Self.repeats {
+            boot.write.append(try step("write \(Self.size) 64K \(seed)", rate: "mbps") { _ in Double(Self.size) })
+            boot.read.append(try step("read \(Self.size) 64K \(seed)", rate: "mbps") { _ in Double(Self.size) })
+            boot.random.append(try step("bench \(Self.randomRange) 64K \(seed) --seconds \(Self.randomSeconds)", rate: "iops") {
+                Double($0["random_reads"] ?? "") ?? 1
+            })
+        }
+        machine.send("poweroff -f")
+        #expect(machine.waitForExit() == 0, "QEMU exit\n\(machine.log)")
+        if let daemon { #expect(daemon.waitForExit(timeout: .seconds(20)) == 0, "daemon exit\n\(daemon.log)") }
+        return boot
+    }
+}
+
+/// The suite's switch, outside it (a suite's traits cannot refer to the suite's own members).
+enum DiskBenchSettings {
+    static let rounds = ProcessInfo.processInfo.environment["VHOST_IOMMU_DISK_BENCH_ROUNDS"].flatMap { Int($0) }.map { max(1, $0) }
+}
