@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .library(name: "VirtioIOMMU", targets: ["VirtioIOMMU"]),
         .library(name: "VhostUser", targets: ["VhostUser"]),
+        .library(name: "PASIDAllocators", targets: ["PASIDAllocators"]),
         .library(name: "PASIDStore", targets: ["PASIDStore"]),
         .library(name: "IOMMUFrontend", targets: ["IOMMUFrontend"]),
         .executable(name: "vhost-iommu", targets: ["vhost-iommu"]),
@@ -19,18 +20,21 @@ let package = Package(
     targets: [
         // Device model: wire format, domains, mappings, translation. No system calls.
         .target(name: "VirtioIOMMU", dependencies: [
-            "PASIDStore",
+            "PASIDAllocators",
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
-        .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU", "PASIDStore"]),
-        // The host-wide PASID allocator: SQLite (the system libsqlite3) and in-memory stores.
+        .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU", "PASIDAllocators"]),
+        // What the device model needs of the host-wide PASID allocator: the protocol and the in-memory
+        // store. No C, no system calls, so the model, its tests and FuzzRequests need no SQLite.
+        .target(name: "PASIDAllocators"),
+        // The durable store that vhost-iommu processes share: SQLite (the system libsqlite3).
         .systemLibrary(name: "CSQLite"),
-        .target(name: "PASIDStore", dependencies: ["CSQLite"]),
-        .testTarget(name: "PASIDStoreTests", dependencies: ["PASIDStore"]),
+        .target(name: "PASIDStore", dependencies: ["CSQLite", "PASIDAllocators"]),
+        .testTarget(name: "PASIDStoreTests", dependencies: ["PASIDStore", "PASIDAllocators"]),
         // The vhost-user-iommu front-end protocol (docs/frontend-protocol.md): codecs, the op-log writer and
         // a reference mirror reader. No system calls, no C.
         .target(name: "IOMMUFrontend"),
-        .testTarget(name: "IOMMUFrontendTests", dependencies: ["IOMMUFrontend", "VirtioIOMMU", "PASIDStore"]),
+        .testTarget(name: "IOMMUFrontendTests", dependencies: ["IOMMUFrontend", "VirtioIOMMU", "PASIDAllocators"]),
         // Thin C helpers for epoll, eventfd, memfd, CMSG and ring-index atomics.
         .target(name: "CVhostUser"),
         // Device-agnostic vhost-user back-end engine.
@@ -50,7 +54,7 @@ let package = Package(
         ]),
         // The daemon: CLI, wiring, control socket, signals.
         .executableTarget(name: "vhost-iommu", dependencies: [
-            "VirtioIOMMU", "VhostUser", "PASIDStore", "IOMMUFrontend",
+            "VirtioIOMMU", "VhostUser", "PASIDAllocators", "PASIDStore", "IOMMUFrontend",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
@@ -61,19 +65,21 @@ let package = Package(
         ]),
         // End-to-end tests: start the real daemon and drive it over real sockets and shared memory.
         .testTarget(name: "VhostIOMMUTests", dependencies: [
-            "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore", "DaemonTestSupport",
+            "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDAllocators", "PASIDStore", "DaemonTestSupport",
             "IOMMUFrontend", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // A real QEMU and a real Linux guest in front of the daemon (scripts/setup-qemu, scripts/setup-guest).
         .testTarget(name: "IntegrationTests", dependencies: [
             "vhost-iommu", "DaemonTestSupport", "VhostUser", .product(name: "SystemPackage", package: "swift-system"),
         ], path: "Tests/Integration"),
-        // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/benchmarks.md).
-        .executableTarget(name: "vhost-iommu-bench", dependencies: ["VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDStore"]),
+        // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/performance.md).
+        .executableTarget(name: "vhost-iommu-bench", dependencies: [
+            "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDAllocators", "PASIDStore",
+        ]),
         // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer -DFUZZING; plain builds
         // make small programs that replay inputs).
         .target(name: "FuzzSupport"),
-        .executableTarget(name: "FuzzRequests", dependencies: ["FuzzSupport", "VirtioIOMMU", "PASIDStore"]),
+        .executableTarget(name: "FuzzRequests", dependencies: ["FuzzSupport", "VirtioIOMMU", "PASIDAllocators"]),
         .executableTarget(name: "FuzzMessages", dependencies: [
             "FuzzSupport", "VhostUser", .product(name: "Logging", package: "swift-log"),
         ]),

@@ -2,7 +2,7 @@
 // config writes, resets and fault deliveries against the device model, with every invariant checked
 // after each step. Built by scripts/fuzz with -sanitize=fuzzer -DFUZZING; otherwise a tiny program.
 import FuzzSupport
-import PASIDStore
+import PASIDAllocators
 @_spi(Fuzzing) import VirtioIOMMU
 
 func fuzzRequests(_ data: UnsafeBufferPointer<UInt8>) {

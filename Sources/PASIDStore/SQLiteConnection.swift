@@ -1,3 +1,4 @@
+import PASIDAllocators
 import CSQLite
 
 /// A minimal wrapper over one SQLite connection: statements with bound integers and text, and

@@ -1,3 +1,4 @@
+import PASIDAllocators
 import Glibc
 import Synchronization
 

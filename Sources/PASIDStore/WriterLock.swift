@@ -1,3 +1,4 @@
+import PASIDAllocators
 import Glibc
 
 /// A blocking lock on a file beside the database that writers take around each write transaction.

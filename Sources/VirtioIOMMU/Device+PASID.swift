@@ -1,4 +1,4 @@
-import PASIDStore
+import PASIDAllocators
 
 /// The PASID extension (docs/pasid-extension.md): aux domains per (endpoint, PASID), and PASIDs
 /// from the host-wide store, owned by this VM.

@@ -1,4 +1,4 @@
-import PASIDStore
+import PASIDAllocators
 
 /// The virtio-iommu device model (virtio 1.4 §5.13): requests in, replies and faults out.
 ///

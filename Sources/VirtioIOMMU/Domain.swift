@@ -1,4 +1,4 @@
-import PASIDStore
+import PASIDAllocators
 
 /// A domain: an address space shared by the endpoints attached to it.
 public struct Domain: Sendable {

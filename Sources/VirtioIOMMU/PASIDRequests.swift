@@ -1,4 +1,4 @@
-import PASIDStore
+import PASIDAllocators
 
 // The device-readable parts of the PASID extension's requests (docs/pasid-extension.md).
 

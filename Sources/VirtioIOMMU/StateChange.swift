@@ -1,4 +1,4 @@
-import PASIDStore
+import PASIDAllocators
 
 /// One change the device model made to its state, as a front-end mirroring that state needs to know it
 /// (docs/frontend-protocol.md §5.4: the daemon turns these into log entries). Recorded only while

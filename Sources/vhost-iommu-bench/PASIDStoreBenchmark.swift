@@ -1,4 +1,5 @@
 import Glibc
+import PASIDAllocators
 import PASIDStore
 import Synchronization
 import VhostUser

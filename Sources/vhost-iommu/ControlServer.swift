@@ -1,7 +1,7 @@
 import Foundation
 import Glibc
 import Logging
-import PASIDStore
+import PASIDAllocators
 import Synchronization
 import SystemPackage
 import VhostUser

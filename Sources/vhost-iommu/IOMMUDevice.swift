@@ -2,7 +2,7 @@ import Dispatch
 import IOMMUFrontend
 import Logging
 import SystemPackage
-import PASIDStore
+import PASIDAllocators
 import Synchronization
 import VhostUser
 import VirtioIOMMU

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PASIDAllocators
 import PASIDStore
 
 /// `vhost-iommu pasid …`: the administrator's view of the host-wide PASID store.

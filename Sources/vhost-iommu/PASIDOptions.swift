@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import PASIDAllocators
 import PASIDStore
 
 /// Where the host-wide PASID store lives, shared by the daemon and the `pasid` admin commands.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import PASIDAllocators
 import PASIDStore
 import SystemPackage
 import VhostUser

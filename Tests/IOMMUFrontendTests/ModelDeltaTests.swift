@@ -1,5 +1,5 @@
 import IOMMUFrontend
-import PASIDStore
+import PASIDAllocators
 import Testing
 import VirtioIOMMU
 

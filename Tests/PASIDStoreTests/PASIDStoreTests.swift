@@ -1,5 +1,6 @@
 import Glibc
 import Testing
+import PASIDAllocators
 @testable import PASIDStore
 
 enum StoreKind: String, CaseIterable, Sendable {

@@ -1,6 +1,7 @@
 import DaemonTestSupport
 import Foundation
 import Glibc
+import PASIDAllocators
 import PASIDStore
 import Testing
 import VhostUser

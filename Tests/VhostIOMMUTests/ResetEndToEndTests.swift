@@ -1,4 +1,5 @@
 import DaemonTestSupport
+import PASIDAllocators
 @testable import PASIDStore
 import Testing
 import VhostUser

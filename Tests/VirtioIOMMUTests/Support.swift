@@ -1,4 +1,4 @@
-import PASIDStore
+import PASIDAllocators
 @_spi(Fuzzing) @testable import VirtioIOMMU
 
 /// Endpoint 8 has the x86 MSI window; endpoint 9 has a plain reserved region; endpoint 10 has none.

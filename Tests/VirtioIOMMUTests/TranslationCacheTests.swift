@@ -1,4 +1,4 @@
-import PASIDStore
+import PASIDAllocators
 import Testing
 @_spi(Fuzzing) @testable import VirtioIOMMU
 

@@ -48,6 +48,14 @@ public struct PASIDStoreStatistics: Hashable, Sendable, Codable {
         /// The process that holds the owner's lease, if one is registered.
         public var pid: Int32?
         public var alive: Bool
+
+        public init(name: String, allocated: Int, quota: Int? = nil, pid: Int32? = nil, alive: Bool = false) {
+            self.name = name
+            self.allocated = allocated
+            self.quota = quota
+            self.pid = pid
+            self.alive = alive
+        }
     }
 
     public var width: Int
@@ -55,6 +63,14 @@ public struct PASIDStoreStatistics: Hashable, Sendable, Codable {
     public var allocated: Int
     public var defaultQuota: Int
     public var owners: [Owner]
+
+    public init(width: Int, capacity: Int, allocated: Int, defaultQuota: Int, owners: [Owner]) {
+        self.width = width
+        self.capacity = capacity
+        self.allocated = allocated
+        self.defaultQuota = defaultQuota
+        self.owners = owners
+    }
 }
 
 /// Why the store refused. Exhaustion and quota are what a device turns into NOMEM.
@@ -91,7 +107,7 @@ extension PASIDAllocator {
     public var space: ClosedRange<PASID> { 1...PASID((1 << width) - 1) }
 
     /// Checks requested bounds against the space.
-    func resolve(_ range: ClosedRange<PASID>?) throws(PASIDStoreError) -> ClosedRange<PASID> {
+    public func resolve(_ range: ClosedRange<PASID>?) throws(PASIDStoreError) -> ClosedRange<PASID> {
         guard let range else { return space }
         guard space.contains(range.lowerBound), space.contains(range.upperBound) else { throw .invalidRange }
         return range
