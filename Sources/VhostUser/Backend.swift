@@ -357,7 +357,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                     return false
                 }
                 if n == 0 {
-                    for fd in fds { _ = Glibc.close(fd) }
+                    for fd in fds { try? FileDescriptor(rawValue: fd).close() }
                     if decoder.isMidMessage { warnAboutInput("front-end disconnected in the middle of a message") }
                     disconnectRequested = true
                     return false

@@ -22,11 +22,10 @@ public final class MemoryRegion: @unchecked Sendable {
               !userAddress.addingReportingOverflow(size - 1).overflow,
               mmapOffset <= UInt64(Int.max / 2) else { throw .invalidRegion }
         // A mapping larger than its file would raise SIGBUS on access: the region must fit the file.
-        var info = stat()
-        guard fstat(descriptor.rawValue, &info) == 0 else { throw .invalidRegion }
-        if info.st_mode & S_IFMT == S_IFREG {
+        guard let info = try? descriptor.descriptor.stat() else { throw .invalidRegion }
+        if info.type == .regular {
             let (end, overflow) = mmapOffset.addingReportingOverflow(size)
-            guard !overflow, end <= UInt64(info.st_size) else { throw .invalidRegion }
+            guard !overflow, info.size >= 0, end <= UInt64(info.size) else { throw .invalidRegion }
         }
         let page = UInt64(SystemCall.pageSize())
         let alignedOffset = mmapOffset & ~(page - 1)

@@ -55,7 +55,7 @@ public struct Listener: ~Copyable {
 
     private static func isLive(_ path: String) -> Bool {
         guard let probe = try? SystemCall.socket(AF_UNIX, CInt(SOCK_STREAM.rawValue)) else { return false }
-        defer { _ = Glibc.close(probe.rawValue) }
+        defer { try? probe.close() }
         do {
             try SystemCall.connect(probe, path: path)
             return true

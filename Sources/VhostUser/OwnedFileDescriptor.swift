@@ -17,7 +17,7 @@ public struct OwnedFileDescriptor: ~Copyable, Sendable {
         return fd
     }
 
-    deinit { _ = Glibc.close(descriptor.rawValue) }
+    deinit { try? descriptor.close() }
 }
 
 /// Descriptors that arrived with one message: each is claimed by the handler that uses it;
@@ -37,6 +37,6 @@ public struct ReceivedDescriptors: ~Copyable {
     }
 
     deinit {
-        for fd in raw where fd >= 0 { _ = Glibc.close(fd) }
+        for fd in raw where fd >= 0 { try? FileDescriptor(rawValue: fd).close() }
     }
 }

@@ -75,10 +75,12 @@ extension SharedFileMapping {
     private static func checkSealedFile(_ descriptor: borrowing OwnedFileDescriptor, size: UInt64,
                                         maximumSize: UInt64) throws(MappingError) {
         guard size <= maximumSize, size <= UInt64(Int.max / 2) else { throw .tooLarge }
-        var info = stat()
-        guard fstat(descriptor.rawValue, &info) == 0 else { throw .system(Errno(rawValue: errno)) }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw .notARegularFile }
-        guard UInt64(info.st_size) == size else { throw .sizeMismatch(announced: size, actual: UInt64(info.st_size)) }
+        let info: Stat
+        do { info = try descriptor.descriptor.stat() } catch { throw .system(error) }
+        guard info.type == .regular else { throw .notARegularFile }
+        guard info.size >= 0, UInt64(info.size) == size else {
+            throw .sizeMismatch(announced: size, actual: UInt64(clamping: info.size))
+        }
         let seals = cvu_get_seals(descriptor.rawValue)
         guard seals >= 0, seals & cvu_seal_shrink != 0, seals & cvu_seal_grow != 0 else { throw .notSealed }
     }

@@ -90,7 +90,7 @@ public enum SystemCall {
                 header = cvu_cmsg_nxthdr(&message, h)
             }
             if message.msg_flags & CInt(MSG_CTRUNC) != 0 {
-                for fd in arrived { _ = Glibc.close(fd) }
+                for fd in arrived { try? FileDescriptor(rawValue: fd).close() }
                 throw .messageTooLong
             }
             fds.append(contentsOf: arrived)
@@ -173,10 +173,10 @@ public enum SystemCall {
     public static func sealedMemfd(name: String, size: Int) throws(Errno) -> FileDescriptor {
         let fd = FileDescriptor(rawValue: try retrying { cvu_memfd_create(name, CUnsignedInt(MFD_CLOEXEC) | cvu_mfd_allow_sealing) })
         do {
-            _ = try retrying { ftruncate(fd.rawValue, off_t(size)) }
+            try resize(fd, to: size)
             _ = try retrying { cvu_add_seals(fd.rawValue, cvu_seal_shrink | cvu_seal_grow) }
         } catch {
-            _ = Glibc.close(fd.rawValue)
+            try? fd.close()
             throw error
         }
         return fd
@@ -185,12 +185,32 @@ public enum SystemCall {
     public static func memfd(name: String, size: Int) throws(Errno) -> FileDescriptor {
         let fd = FileDescriptor(rawValue: try retrying { cvu_memfd_create(name, CUnsignedInt(MFD_CLOEXEC)) })
         do {
-            _ = try retrying { ftruncate(fd.rawValue, off_t(size)) }
+            try resize(fd, to: size)
         } catch {
-            _ = Glibc.close(fd.rawValue)
+            try? fd.close()
             throw error
         }
         return fd
+    }
+
+    /// ftruncate(2) through swift-system's `resize(to:)`, its untyped error as the `Errno` it is.
+    public static func resize(_ fd: FileDescriptor, to size: Int) throws(Errno) {
+        do { try fd.resize(to: Int64(size)) } catch { throw (error as? Errno) ?? .ioError }
+    }
+
+    /// poll(2) over `fds`, retried on EINTR; the number of entries with events.
+    public static func poll(_ fds: inout [pollfd], timeout: CInt) throws(Errno) -> Int {
+        let count = nfds_t(fds.count)
+        return Int(try fds.withUnsafeMutableBufferPointer { buffer throws(Errno) in
+            try retrying { Glibc.poll(buffer.baseAddress, count, timeout) }
+        })
+    }
+
+    /// Whether `fd` is readable within `milliseconds` (0: now; -1: no limit). An interrupted or failed
+    /// poll counts as not readable: callers re-check their condition.
+    public static func isReadable(_ fd: FileDescriptor, within milliseconds: CInt) -> Bool {
+        var fds = [pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)]
+        return ((try? poll(&fds, timeout: milliseconds)) ?? 0) > 0
     }
 
     public static func pageSize() -> Int { Int(sysconf(Int32(_SC_PAGESIZE))) }

@@ -188,8 +188,7 @@ public final class DriverQueue: @unchecked Sendable {
     public func waitForKickConsumed(timeout: Duration = .seconds(5)) -> Bool {
         let deadline = ContinuousClock.now + timeout
         while true {
-            var pfd = pollfd(fd: kick.rawValue, events: Int16(POLLIN), revents: 0)
-            if poll(&pfd, 1, 0) == 0 { return true }
+            if !SystemCall.isReadable(kick.descriptor, within: 0) { return true }
             if ContinuousClock.now >= deadline { return false }
             usleep(50)
         }
@@ -279,8 +278,7 @@ public final class DriverQueue: @unchecked Sendable {
             guard remaining > .zero else { return false }
             let (seconds, attoseconds) = remaining.components
             let milliseconds = Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
-            var pfd = pollfd(fd: eventFD.rawValue, events: Int16(POLLIN), revents: 0)
-            _ = poll(&pfd, 1, max(1, milliseconds))  // EINTR or a timeout: the loop re-checks
+            _ = SystemCall.isReadable(eventFD.descriptor, within: max(1, milliseconds))  // EINTR or a timeout: the loop re-checks
         }
     }
 }

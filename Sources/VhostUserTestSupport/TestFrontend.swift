@@ -57,11 +57,10 @@ public final class TestFrontend: @unchecked Sendable {
         var got = 0
         let deadline = ContinuousClock.now + replyTimeout
         while got < count {
-            var pfd = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
             let remaining = deadline - ContinuousClock.now
             guard remaining > .zero else { throw FrontendError.timedOut }
             let ms = Int32(max(1, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
-            guard poll(&pfd, 1, ms) > 0 else { throw FrontendError.timedOut }
+            guard SystemCall.isReadable(socket.descriptor, within: ms) else { throw FrontendError.timedOut }
             var fds: [CInt] = []
             let n = try out.withUnsafeMutableBytes { b in
                 try SystemCall.receive(socket.descriptor, into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), fds: &fds)

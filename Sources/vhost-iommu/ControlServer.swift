@@ -40,26 +40,26 @@ final class ControlServer: @unchecked Sendable {
     }
 
     private struct Client {
-        var fd: CInt
+        var fd: FileDescriptor
         var input: [UInt8] = []
         var output: [UInt8] = []
     }
 
     private func run() {
         var clients: [Client] = []
-        defer { for client in clients { close(client.fd) } }
+        defer { for client in clients { try? client.fd.close() } }
         while !stopped.load(ordering: .acquiring) {
             var fds = [pollfd(fd: wake.rawValue, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: listener.socketDescriptor.rawValue, events: Int16(POLLIN), revents: 0)]
             for client in clients {
-                fds.append(pollfd(fd: client.fd, events: Int16(POLLIN) | (client.output.isEmpty ? 0 : Int16(POLLOUT)), revents: 0))
+                fds.append(pollfd(fd: client.fd.rawValue, events: Int16(POLLIN) | (client.output.isEmpty ? 0 : Int16(POLLOUT)), revents: 0))
             }
-            guard poll(&fds, nfds_t(fds.count), -1) >= 0 else { continue }
+            guard (try? SystemCall.poll(&fds, timeout: -1)) != nil else { continue }
             if fds[1].revents & Int16(POLLIN) != 0, let fd = try? SystemCall.accept(listener.socketDescriptor) {
                 if clients.count < Self.maxClients, (try? SystemCall.setNonBlocking(fd)) != nil {
-                    clients.append(Client(fd: fd.rawValue))
+                    clients.append(Client(fd: fd))
                 } else {
-                    close(fd.rawValue)
+                    try? fd.close()
                 }
             }
             var closed: Set<CInt> = []
@@ -68,8 +68,8 @@ final class ControlServer: @unchecked Sendable {
                 if pfd.revents & Int16(POLLOUT) != 0 { flush(&clients[index]) }
                 if pfd.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0, !read(&clients[index]) { closed.insert(pfd.fd) }
             }
-            for client in clients where closed.contains(client.fd) { close(client.fd) }
-            clients.removeAll { closed.contains($0.fd) }
+            for client in clients where closed.contains(client.fd.rawValue) { try? client.fd.close() }
+            clients.removeAll { closed.contains($0.fd.rawValue) }
         }
     }
 
@@ -77,9 +77,13 @@ final class ControlServer: @unchecked Sendable {
     private func read(_ client: inout Client) -> Bool {
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = Glibc.read(client.fd, &buffer, buffer.count)
+            let n: Int
+            do {
+                n = try buffer.withUnsafeMutableBytes { try client.fd.read(into: $0) }
+            } catch {
+                return (error as? Errno) == .wouldBlock
+            }
             if n == 0 { return false }
-            if n < 0 { return errno == EAGAIN || errno == EINTR }
             client.input.append(contentsOf: buffer[0..<n])
             while let newline = client.input.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = Array(client.input[..<newline])
@@ -98,8 +102,8 @@ final class ControlServer: @unchecked Sendable {
 
     private func flush(_ client: inout Client) {
         while !client.output.isEmpty {
-            let n = client.output.withUnsafeBytes { send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { return }
+            guard let n = try? client.output.withUnsafeBytes({ bytes throws(Errno) in try SystemCall.send(client.fd, bytes) }),
+                  n > 0 else { return }
             client.output.removeFirst(n)
         }
     }

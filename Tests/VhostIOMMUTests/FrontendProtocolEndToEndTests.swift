@@ -229,8 +229,7 @@ extension FrontendProtocolEndToEndTests {
 
 /// Whether `fd` becomes readable within 5 s.
 private func pollReadable(_ fd: FileDescriptor) -> Bool {
-    var entry = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
-    return poll(&entry, 1, 5000) == 1
+    SystemCall.isReadable(fd, within: 5000)
 }
 
 /// Hands a value that is used by one thread at a time to another thread.

@@ -78,8 +78,7 @@ import VhostUserTestSupport
         }
         #expect(try h.frontend.sendAcked(.setBackendReqFD) == false)  // no descriptor
         h.backend.notifyConfigChange()
-        var pfd = pollfd(fd: channel.rawValue, events: Int16(POLLIN), revents: 0)
-        #expect(poll(&pfd, 1, 5000) == 1)
+        #expect(SystemCall.isReadable(channel.descriptor, within: 5000))
         var header = [UInt8](repeating: 0, count: 12)
         #expect(read(channel.rawValue, &header, 12) == 12)
         #expect(header == MessageHeader(request: BackendRequest.configChange.rawValue, flags: 1, size: 0).bytes)

@@ -109,8 +109,7 @@ final class EchoDevice: VhostUserDevice, @unchecked Sendable {
         var size: UInt8 = 0
         if descriptors.count > 0 {
             let kept = descriptors.take(0)
-            var info = stat()
-            if fstat(kept.rawValue, &info) == 0 { size = UInt8(truncatingIfNeeded: info.st_size >> 8) }
+            if let info = try? kept.descriptor.stat() { size = UInt8(truncatingIfNeeded: info.size >> 8) }
         }
         return payload.reversed() + [UInt8(descriptors.count), size]
     }
