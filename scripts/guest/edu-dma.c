@@ -3,8 +3,10 @@
  * its DMA goes through the guest's IOMMU. The device must already be bound to vfio-pci.
  *
  *   edu-dma GROUP BDF cases    the fault cases, one "@@EDU case=NAME ..." line each, then "@@EDU status=ok"
- *   edu-dma GROUP BDF flood    sets up, prints "@@EDU ready", waits for a line on stdin, then makes one
- *                              4 KiB DMA to an IOVA that was never mapped (a fault per 4-byte access)
+ *   edu-dma GROUP BDF flood [IOVA COUNT]
+ *                              sets up, prints "@@EDU ready", waits for a line on stdin, then makes one
+ *                              DMA of COUNT bytes (default 4 KiB) to IOVA (default one never mapped): a fault
+ *                              per 4-byte access
  *
  * edu: registers 0x80 source, 0x88 destination, 0x90 count, 0x98 command (bit 0 run, bit 1 edu->RAM);
  * a 4 KiB buffer at device address 0x40000; a 28-bit DMA mask (IOVAs below 256 MiB).
@@ -154,23 +156,30 @@ static int cases(void)
     return 0;
 }
 
-static int flood(void)
+static int flood(uint64_t iova, uint64_t count)
 {
     printf("@@EDU ready\n");
     fflush(stdout);
     char line[16];
     if (!fgets(line, sizeof(line), stdin))
         return fail("stdin");
-    if (edu_dma(EDU_BUFFER, IOVA_NEVER, PAGE, 1))
+    if (edu_dma(EDU_BUFFER, iova, count, 1))
         return fail("dma-flood");
-    printf("@@EDU case=flood iova=0x%x count=%d\n", IOVA_NEVER, PAGE);
+    printf("@@EDU case=flood iova=0x%llx count=%llu\n", (unsigned long long)iova, (unsigned long long)count);
     return 0;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc != 4 || (strcmp(argv[3], "cases") && strcmp(argv[3], "flood"))) {
-        fprintf(stderr, "usage: edu-dma GROUP BDF cases|flood\n");
+    int is_flood = argc >= 4 && !strcmp(argv[3], "flood");
+    if (!(argc == 4 && !strcmp(argv[3], "cases")) && !(is_flood && (argc == 4 || argc == 6))) {
+        fprintf(stderr, "usage: edu-dma GROUP BDF cases|flood [IOVA COUNT]\n");
+        return 2;
+    }
+    uint64_t flood_iova = argc == 6 ? strtoull(argv[4], 0, 0) : IOVA_NEVER;
+    uint64_t flood_count = argc == 6 ? strtoull(argv[5], 0, 0) : PAGE;
+    if (flood_count == 0 || flood_count > PAGE) {
+        fprintf(stderr, "edu-dma: COUNT must be 1...4096 (edu's buffer)\n");
         return 2;
     }
     int group = -1;
@@ -196,7 +205,7 @@ int main(int argc, char **argv)
         return fail("mmap-bar");
     if ((read32(EDU_ID) & 0xffff) != 0x00ed)
         return fail("not-edu");
-    int status = !strcmp(argv[3], "cases") ? cases() : flood();
+    int status = is_flood ? flood(flood_iova, flood_count) : cases();
     if (status == 0)
         printf("@@EDU status=ok\n");
     fflush(stdout);
