@@ -149,3 +149,31 @@ extension VhostUserBackend {
         return seconds < 0 ? 0 : UInt64(clamping: seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
     }
 }
+
+extension VhostUserBackend {
+    /// Where the front-end comes from: a listening socket (QEMU connects, and may connect again after a
+    /// disconnect), or one already connected descriptor (a launcher passed it).
+    public enum FrontendSource {
+        case listener(path: String, reconnect: Bool)
+        case connected(FileDescriptor)
+    }
+
+    /// Serves front-ends from `source` until a stop is requested, the only connection ends, or (with
+    /// `reconnect` off) the first one does. Each disconnect resets the device.
+    public func run(_ source: FrontendSource) throws {
+        switch source {
+        case .connected(let fd):
+            logger.info("serving the front-end on descriptor \(fd.rawValue)")
+            _ = try serve(connection: fd)
+        case .listener(let path, let reconnect):
+            let listener = try Listener(path: path)
+            logger.info("listening on \(listener.path)")
+            while let connection = try accept(listener) {
+                logger.info("front-end connected")
+                let outcome = try serve(connection: connection)
+                if outcome == .stopped || !reconnect { break }
+                logger.info("waiting for the next front-end")
+            }
+        }
+    }
+}

@@ -191,7 +191,7 @@ struct Serve: ParsableCommand {
             stop: { backend.requestStop(); control?.stop() },
             report: { Statistics.log(device, logger: logger) })
         defer { stop() }
-        try serve(backend, logger: logger)
+        try backend.run(fd.map { .connected(FileDescriptor(rawValue: $0)) } ?? .listener(path: socketPath!, reconnect: reconnect))
         control?.stop()
         Statistics.log(device, logger: logger)
     }
@@ -231,22 +231,6 @@ struct Serve: ParsableCommand {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
         guard getcwd(&buffer, buffer.count) != nil else { return "." }
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    private func serve(_ backend: VhostUserBackend, logger: Logger) throws {
-        if let fd {
-            logger.info("serving the front-end on descriptor \(fd)")
-            _ = try backend.serve(connection: FileDescriptor(rawValue: fd))
-            return
-        }
-        let listener = try Listener(path: socketPath!)
-        logger.info("listening on \(listener.path)")
-        while let connection = try backend.accept(listener) {
-            logger.info("front-end connected")
-            let outcome = try backend.serve(connection: connection)
-            if outcome == .stopped || !reconnect { break }
-            logger.info("waiting for the next front-end")
-        }
     }
 }
 
