@@ -116,6 +116,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         self.queues = (0..<device.queueCount).map { Virtqueue(index: $0) }
         self.offeredFeatures = (device.deviceFeatures & ~TransportFeatures.reservedMask) | TransportFeatures.all
         self.available = Mutex([Int](repeating: 0, count: device.queueCount))
+        device.served(waker: loop.waker)
     }
 
     /// Chains available on `queue` and not yet consumed; safe from any thread.

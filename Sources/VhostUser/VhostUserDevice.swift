@@ -39,6 +39,10 @@ public protocol VhostUserDevice: AnyObject {
     func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void)
     /// Returns the device to its initial state (guest reset, RESET_DEVICE or front-end disconnect).
     func reset()
+    /// The engine that serves the device was made: `waker` wakes its loop from any thread (the device
+    /// keeps it for work it queues for the loop thread). Called once, from the engine's initialiser.
+    /// Default: nothing.
+    func served(waker: Waker)
     /// The loop's wake eventfd fired (another thread asked for the loop: `VhostUserBackend.waker`); the
     /// device runs what it queued for the loop thread. Default: nothing.
     func loopWoken()
@@ -88,6 +92,7 @@ extension VhostUserDevice {
 
     public func frontendDisconnected() {}
     public var wantsDisconnect: Bool { false }
+    public func served(waker: Waker) {}
     public func loopWoken() {}
     public func completionMustWait(queue: Int) -> Bool { false }
     public func completionMayProceed(queue: Int) -> Bool { true }

@@ -20,12 +20,14 @@ final class ControlServer: @unchecked Sendable {
     private let wake: OwnedFileDescriptor
     private let stopped = Atomic<Bool>(false)
     private var thread: OSThread?
-    /// Set by the daemon so that stats can include what the engine sees (event buffers posted, polling).
-    let backendCounters = Mutex<(@Sendable (inout Statistics) -> Void)?>(nil)
+    /// What else contributes to `stats` besides the model (the engine: event buffers posted, polling, ring
+    /// errors); each is asked on the control thread, so each must be safe to read from there.
+    private let sources: [any StatisticsSource]
 
-    init(path: String, device: IOMMUDevice, logger: Logger) throws {
+    init(path: String, device: IOMMUDevice, sources: [any StatisticsSource] = [], logger: Logger) throws {
         listener = try Listener(path: path)
         self.device = device
+        self.sources = sources
         self.logger = logger
         wake = OwnedFileDescriptor(try SystemCall.eventFD())
         try SystemCall.setNonBlocking(listener.socketDescriptor)
@@ -150,7 +152,7 @@ final class ControlServer: @unchecked Sendable {
             let faults = device.frontendFaultCounters.withLock { $0 }
             (stats.frontendFaults, stats.frontendFaultRecordsRefused, stats.frontendFaultsDropped) =
                 (faults.reported, faults.refused, faults.droppedByFrontend)
-            backendCounters.withLock { $0?(&stats) }
+            for source in sources { source.contribute(to: &stats) }
             return ControlReply(ok: true, stats: stats)
         case "domains":
             let domains = device.model.withLock { device in

@@ -15,8 +15,11 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
 
     let model: Mutex<Device>
     private let configuration: Configuration
-    /// Set once the engine exists, so that faults raised off the loop thread wake it.
+    /// The engine's, given when it is made (`served(waker:)`), so that faults raised and operator requests
+    /// queued off the loop thread wake it.
     let waker = Mutex<Waker?>(nil)
+
+    func served(waker: Waker) { self.waker.withLock { $0 = waker } }
 
     /// The front-end protocol's session (docs/frontend-protocol.md). Confined to the event-loop thread:
     /// every call that reaches it is a `VhostUserDevice` call, and the engine makes those from its loop.
@@ -79,24 +82,23 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
         queue == Self.eventQueue && model.withLock { $0.pendingFaultCount > 0 }
     }
 
-    func process(queue: Int, readable: ChainReadable, writable: ChainWritable) -> Int {
-        model.withLock { device in
-            if queue == Self.requestQueue { return device.handle(readable: readable, writable: writable) }
-            return device.deliverFault(into: writable) ?? 0
-        }
+    /// One chain, under the model's lock: a request (its changes published to QEMU's log first, when a
+    /// front-end mirrors the model) or an event buffer for the oldest pending fault.
+    private func handle(queue: Int, readable: ChainReadable, writable: ChainWritable, device: inout Device) -> Int {
+        guard queue == Self.requestQueue else { return device.deliverFault(into: writable) ?? 0 }
+        let length = device.handle(readable: readable, writable: writable)
+        if device.recordsChanges { frontend.publishRequest(of: &device) }
+        return length
     }
 
-    /// One lock for a whole turn of the request queue, not one per request. With a front-end session,
-    /// each request's changes are published to its log before the engine completes the request.
+    func process(queue: Int, readable: ChainReadable, writable: ChainWritable) -> Int {
+        model.withLock { device in handle(queue: queue, readable: readable, writable: writable, device: &device) }
+    }
+
+    /// One lock for a whole turn of the request queue, not one per request.
     func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
         model.withLock { device in
-            let mirrored = device.recordsChanges
-            drain { readable, writable in
-                guard queue == Self.requestQueue else { return device.deliverFault(into: writable) ?? 0 }
-                let length = device.handle(readable: readable, writable: writable)
-                if mirrored { frontend.publishRequest(of: &device) }
-                return length
-            }
+            drain { readable, writable in handle(queue: queue, readable: readable, writable: writable, device: &device) }
         }
     }
 

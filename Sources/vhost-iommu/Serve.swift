@@ -173,20 +173,7 @@ struct Serve: ParsableCommand {
             device: device, limits: .init(maxMemoryRegions: maxMemoryRegions, maxMessageSize: maxMessageSize),
             polling: AdaptivePolling(maximumNanoseconds: pollMaxUs * 1000,
                                      yieldAfterNanoseconds: pollYieldUs.flatMap { $0 < pollMaxUs ? $0 * 1000 : nil }), logger: Logger(label: "vhost-user"))
-        device.waker.withLock { $0 = backend.waker }
-        let control = try controlSocket.map { try ControlServer(path: $0, device: device, logger: logger) }
-        control?.backendCounters.withLock {
-            $0 = { stats in
-                stats.eventBuffersPosted = backend.availableChains(queue: IOMMUDevice.eventQueue)
-                let engine = backend.statistics
-                stats.polledTurns = engine.polledTurns
-                stats.blockingTurns = engine.blockingTurns
-                stats.ringErrors = engine.ringErrors
-                stats.ringAnomaliesExplained = engine.ringErrorsExplained
-                stats.refusedMessages = engine.refusedMessages
-                stats.warningsSuppressed = engine.warningsSuppressed
-            }
-        }
+        let control = try controlSocket.map { try ControlServer(path: $0, device: device, sources: [backend], logger: logger) }
         let stop = Signals.handle(
             stop: { backend.requestStop(); control?.stop() },
             report: { Statistics.log(device, logger: logger) })

@@ -1,5 +1,30 @@
 import Logging
+import VhostUser
 import VirtioIOMMU
+
+/// Something besides the model whose figures the control socket's `stats` reports; asked from the
+/// control thread.
+protocol StatisticsSource: Sendable {
+    func contribute(to statistics: inout ControlStatistics)
+}
+
+/// The daemon's report, named apart from the engine's own `VhostUserBackend.Statistics` for the extension below.
+typealias ControlStatistics = Statistics
+
+/// The engine's figures: event buffers the guest posted, polling turns, ring errors, refused messages,
+/// suppressed warnings (all read through its lock or atomics, so safe from the control thread).
+extension VhostUserBackend: StatisticsSource {
+    func contribute(to stats: inout ControlStatistics) {
+        stats.eventBuffersPosted = availableChains(queue: IOMMUDevice.eventQueue)
+        let engine = statistics
+        stats.polledTurns = engine.polledTurns
+        stats.blockingTurns = engine.blockingTurns
+        stats.ringErrors = engine.ringErrors
+        stats.ringAnomaliesExplained = engine.ringErrorsExplained
+        stats.refusedMessages = engine.refusedMessages
+        stats.warningsSuppressed = engine.warningsSuppressed
+    }
+}
 
 /// The counters the daemon logs on SIGUSR1 and at exit, and reports on the control socket.
 struct Statistics: Codable, Sendable {
