@@ -18,26 +18,26 @@ import VirtioIOMMU
         let frontend: TestFrontend
         let requests: DriverQueue
         let events: DriverQueue
-        let region: FrontendRegion
+        let shared: SharedRegion
+        var region: FrontendRegion { shared.region }
         let layout: RegionLayout
         let faultSignal: OwnedFileDescriptor
         var writer: FaultRingWriter
         // Kept open for the session's life.
-        let memory: SharedMemory, regionFile: OwnedFileDescriptor, bell: OwnedFileDescriptor, ack: OwnedFileDescriptor
+        let memory: SharedMemory, bell: OwnedFileDescriptor, ack: OwnedFileDescriptor
 
-        init(daemon: Daemon, frontend: TestFrontend, requests: DriverQueue, events: DriverQueue, region: FrontendRegion,
+        init(daemon: Daemon, frontend: TestFrontend, requests: DriverQueue, events: DriverQueue, region: SharedRegion,
              layout: RegionLayout, faultSignal: consuming OwnedFileDescriptor, writer: FaultRingWriter, memory: SharedMemory,
-             regionFile: consuming OwnedFileDescriptor, bell: consuming OwnedFileDescriptor, ack: consuming OwnedFileDescriptor) {
+             bell: consuming OwnedFileDescriptor, ack: consuming OwnedFileDescriptor) {
             self.daemon = daemon
             self.frontend = frontend
             self.requests = requests
             self.events = events
-            self.region = region
+            self.shared = region
             self.layout = layout
             self.faultSignal = faultSignal
             self.writer = writer
             self.memory = memory
-            self.regionFile = regionFile
             self.bell = bell
             self.ack = ack
         }
@@ -58,38 +58,30 @@ import VirtioIOMMU
 
     static func start(faultEntries: UInt32 = 16) throws -> Session {
         let daemon = try Daemon(["--endpoint", "8", "--endpoint", "16", "--bypass", "off"])
-        let frontend = try daemon.connect()
-        let memory = try SharedMemory(size: 8 << 20)
-        let requests = try DriverQueue(memory: memory, index: 0, size: 256)
-        let events = try DriverQueue(memory: memory, index: 1, size: 256)
-        let offered = try frontend.initialize(queues: [requests, events])
-
         // §3: FAULT_RING is granted when offered.
-        let hello = HelloRequest(capabilities: [.localChanges, .faultRing])
-        let helloReply = try FrontendProtocolEndToEndTests.request(frontend, .hello, hello.encoded)
-        let reply = try helloReply.withUnsafeBytes { bytes throws(FrontendWireError) in try HelloReply(decoding: bytes, for: hello) }
-        #expect(reply.capabilities == [.localChanges, .faultRing])
+        let connection = try FrontendConnection(daemon, capabilities: [.localChanges, .faultRing])
+        #expect(connection.hello.capabilities == [.localChanges, .faultRing])
+        let frontend = connection.frontend
 
         let layout = RegionLayout.standard(epoch: 1, logEntries: 1024, faultEntries: faultEntries)
-        let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "region", size: Int(layout.regionSize)))
-        let region = FrontendRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
-        _ = MirrorReader(memory: region, layout: layout, rules: .init(granule: 4096, capabilities: reply.capabilities, queueSize: 256),
-                         startIndex: 0)
-        let writer = FaultRingWriter(memory: region, layout: layout, startTail: 1000)
+        let shared = try SharedRegion(layout)
+        _ = MirrorReader(memory: shared.region, layout: layout,
+                         rules: .init(granule: 4096, capabilities: connection.hello.capabilities, queueSize: 256), startIndex: 0)
+        let writer = FaultRingWriter(memory: shared.region, layout: layout, startTail: 1000)
         let bell = OwnedFileDescriptor(try SystemCall.eventFD())
         let ack = OwnedFileDescriptor(try SystemCall.eventFD())
         let faultSignal = OwnedFileDescriptor(try SystemCall.eventFD())
         let setRegion = SetRegionRequest(regionSize: layout.regionSize, epoch: 1, startIndex: 0)
         // §10.1: with FAULT_RING, SET_REGION carries the fault eventfd as a fourth descriptor.
         #expect(try FrontendProtocolEndToEndTests.status(FrontendProtocolEndToEndTests.request(
-            frontend, .setRegion, setRegion.encoded, fds: [file.rawValue, bell.rawValue, ack.rawValue])) == .invalid)
+            frontend, .setRegion, setRegion.encoded, fds: [shared.file.rawValue, bell.rawValue, ack.rawValue])) == .invalid)
         #expect(try FrontendProtocolEndToEndTests.status(FrontendProtocolEndToEndTests.request(
-            frontend, .setRegion, setRegion.encoded, fds: [file.rawValue, bell.rawValue, ack.rawValue, faultSignal.rawValue])) == .ok)
-        #expect(region.loadAcquire(at: FaultRing.headOffset) == 1000, "§10.3: the back-end starts at fault_tail")
-        try frontend.start(features: offered & (TransportFeatures.all | Features.standard.rawValue), memory: [memory],
-                           queues: [requests, events])
-        return Session(daemon: daemon, frontend: frontend, requests: requests, events: events, region: region, layout: layout,
-                       faultSignal: faultSignal, writer: writer, memory: memory, regionFile: file, bell: bell, ack: ack)
+            frontend, .setRegion, setRegion.encoded, fds: [shared.file.rawValue, bell.rawValue, ack.rawValue, faultSignal.rawValue])) == .ok)
+        #expect(shared.region.loadAcquire(at: FaultRing.headOffset) == 1000, "§10.3: the back-end starts at fault_tail")
+        try connection.startRings()
+        return Session(daemon: daemon, frontend: frontend, requests: connection.requests, events: connection.events,
+                       region: shared, layout: layout, faultSignal: faultSignal, writer: writer, memory: connection.memory,
+                       bell: bell, ack: ack)
     }
 
     static func stat(_ session: Session, _ key: String) throws -> Int {

@@ -27,17 +27,11 @@ import VirtioIOMMU
 
     @Test func mirrorFollowsTheDaemonAndAttachWaitsForTheAcknowledgement() throws {
         let daemon = try Daemon(["--endpoint", "8", "--endpoint", "16", "--bypass", "off"])
-        let frontend = try daemon.connect()
-        let memory = try SharedMemory(size: 8 << 20)
-        let requests = try DriverQueue(memory: memory, index: 0, size: 256)
-        let events = try DriverQueue(memory: memory, index: 1, size: 256)
-        let offered = try frontend.initialize(queues: [requests, events])
-
         // §3: HELLO, answered with version 1, LOCAL_CHANGES, queue size 256 (the fault ring is not asked
         // for here: faultsTheFrontEndReportsReachTheEventQueue has it).
         let hello = HelloRequest(capabilities: [.commitWindow, .localChanges])
-        let helloReply = try Self.request(frontend, .hello, hello.encoded)
-        let reply = try helloReply.withUnsafeBytes { bytes throws(FrontendWireError) in try HelloReply(decoding: bytes, for: hello) }
+        let connection = try FrontendConnection(daemon, capabilities: hello.capabilities)
+        let (frontend, requests, reply) = (connection.frontend, connection.requests, connection.hello)
         #expect(reply.version == 1 && reply.capabilities == [.localChanges] && reply.queueSize == 256)
         #expect(try Self.status(Self.request(frontend, .hello, hello.encoded)) == .badState, "§2.3: HELLO once")
 
@@ -58,8 +52,7 @@ import VirtioIOMMU
         mirror.loadEndpointBitmap()
         #expect(mirror.knownEndpoints.contains(8) && mirror.knownEndpoints.contains(16) && mirror.knownEndpoints.count == 2)
 
-        try frontend.start(features: offered & (TransportFeatures.all | Features.standard.rawValue), memory: [memory],
-                           queues: [requests, events])
+        try connection.startRings()
         func send(_ bytes: [UInt8]) -> UInt16 {
             let head = requests.add(readable: [bytes], writable: [4], indirect: true)
             requests.kickNow()
@@ -141,23 +134,18 @@ extension FrontendProtocolEndToEndTests {
     // connection starts a new session.
     @Test func aFrontEndThatBreaksTheProtocolIsDisconnected() throws {
         let daemon = try Daemon(["--endpoint", "8", "--bypass", "off", "--reconnect"])
-        let frontend = try daemon.connect()
-        let memory = try SharedMemory(size: 8 << 20)
-        let requests = try DriverQueue(memory: memory, index: 0, size: 256)
-        let events = try DriverQueue(memory: memory, index: 1, size: 256)
-        let offered = try frontend.initialize(queues: [requests, events])
+        let connection = try FrontendConnection(daemon, capabilities: [.localChanges])
+        let (frontend, requests, events) = (connection.frontend, connection.requests, connection.events)
         let hello = HelloRequest(capabilities: [.localChanges])
-        _ = try Self.request(frontend, .hello, hello.encoded)
         let layout = RegionLayout.standard(epoch: 1, logEntries: 1024)
-        let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "region", size: Int(layout.regionSize)))
-        let region = FrontendRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
+        let shared = try SharedRegion(layout)
+        let region = shared.region
         _ = MirrorReader(memory: region, layout: layout, rules: .init(granule: 4096, capabilities: [.localChanges], queueSize: 256),
                          startIndex: 0)
         let bell = OwnedFileDescriptor(try SystemCall.eventFD()), ack = OwnedFileDescriptor(try SystemCall.eventFD())
         #expect(try Self.status(Self.request(frontend, .setRegion, SetRegionRequest(regionSize: layout.regionSize, epoch: 1, startIndex: 0).encoded,
-                                             fds: [file.rawValue, bell.rawValue, ack.rawValue])) == .ok)
-        try frontend.start(features: offered & (TransportFeatures.all | Features.standard.rawValue), memory: [memory],
-                           queues: [requests, events])
+                                             fds: [shared.file.rawValue, bell.rawValue, ack.rawValue])) == .ok)
+        try connection.startRings()
         region.storeRelease(1000, at: RegionLayout.appliedOffset)  // no back-end published 1000 entries
         _ = requests.add(readable: [MapRequest(domain: 1, virtualStart: 0, virtualEnd: 0xfff, physicalStart: 0, flags: 1).encoded],
                          writable: [4])
