@@ -173,12 +173,7 @@ struct CPUCostBenchmark: GuestWorkload {
         var iommu = ["-device", "virtio-iommu-pci,bus=pcie.0,addr=02.0"]
         if let daemonArguments {
             let viot = folder.appendingPathComponent("viot.bin").path
-            let tool = Process()
-            tool.executableURL = RealGuestTests.daemonExecutable
-            tool.arguments = RealGuestTests.viotArguments + ["--output", viot]
-            try tool.run()
-            tool.waitUntilExit()
-            try #require(tool.terminationStatus == 0)
+            try RealGuestTests.runDaemonTool(RealGuestTests.viotArguments + ["--output", viot])
             let started = try Daemon(["--endpoint", "\(RealGuestTests.workloadEndpoint)", "--log-level", "warning"] + daemonArguments,
                                      polling: .daemonDefault, executable: RealGuestTests.daemonExecutable)
             daemon = started

@@ -1,3 +1,4 @@
+import DaemonTestSupport
 import Foundation
 import Glibc
 
@@ -34,17 +35,10 @@ struct GuestFiles: Sendable {
 
     /// Runs a project script; returns the last line of its output.
     private static func runScript(_ name: String) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: projectRoot + "/scripts/" + name)
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let last = String(decoding: data, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
-        guard process.terminationStatus == 0, !last.isEmpty else {
-            throw MachineError(description: "scripts/\(name) failed with status \(process.terminationStatus)")
+        let result = try runCommand(URL(fileURLWithPath: projectRoot + "/scripts/" + name), [])
+        guard result.status == 0, !result.lastLine.isEmpty else {
+            throw MachineError(description: "scripts/\(name) failed with status \(result.status)\n\(result.errors.suffix(4000))")
         }
-        return last
+        return result.lastLine
     }
 }

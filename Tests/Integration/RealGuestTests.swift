@@ -53,7 +53,7 @@ struct RealGuestTests: GuestWorkload {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
         let viot = folder.appendingPathComponent("viot.bin").path
-        try runDaemonTool(Self.viotArguments + ["--output", viot])
+        try Self.runDaemonTool(Self.viotArguments + ["--output", viot])
 
         // Polling as the daemon ships it: the rate is what a user gets (VHOST_IOMMU_DAEMON_ARGS may override).
         let daemon = try Daemon(["--endpoint", "\(Self.workloadEndpoint)", "--endpoint", "\(Self.removedEndpoint)",
@@ -191,13 +191,10 @@ struct RealGuestTests: GuestWorkload {
 
     // MARK: Helpers
 
-    private func runDaemonTool(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = Self.daemonExecutable
-        process.arguments = arguments
-        try process.run()
-        process.waitUntilExit()
-        try #require(process.terminationStatus == 0, "vhost-iommu \(arguments.joined(separator: " "))")
+    /// Runs the daemon's executable as a tool (`vhost-iommu viot …`); it must succeed.
+    static func runDaemonTool(_ arguments: [String]) throws {
+        let result = try runCommand(daemonExecutable, arguments)
+        try #require(result.status == 0, "vhost-iommu \(arguments.joined(separator: " ")): \(result.errors)")
     }
 
 }

@@ -36,47 +36,12 @@ extension Guest {
     }
 }
 
-/// What one run of the executable printed, and how it ended.
-struct CommandResult {
-    var status: Int32
-    var output: String
-    var errors: String
-}
-
 /// Runs the `vhost-iommu` executable with `arguments` and waits for it.
-func runDaemonCommand(_ arguments: [String]) throws -> CommandResult {
-    let process = Process()
-    process.executableURL = Daemon.executable
-    process.arguments = arguments
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    // Read both to their end before waiting (a full pipe would block the child), the second on its own thread.
-    let errors = ErrorCollector(err.fileHandleForReading)
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return CommandResult(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self), errors: errors.text())
-}
+func runDaemonCommand(_ arguments: [String]) throws -> CommandResult { try runCommand(Daemon.executable, arguments) }
 
 /// Runs `vhost-iommu pasid …`.
 func admin(_ arguments: [String]) throws -> CommandResult { try runDaemonCommand(["pasid"] + arguments) }
 
-/// A pipe's contents, read to the end on a thread of its own.
-final class ErrorCollector: @unchecked Sendable {
-    private let done = DispatchSemaphore(value: 0)
-    private var data = Data()
-    init(_ handle: FileHandle) {
-        Thread.detachNewThread { [self] in
-            data = handle.readDataToEndOfFile()
-            done.signal()
-        }
-    }
-    func text() -> String {
-        done.wait()
-        return String(decoding: data, as: UTF8.self)
-    }
-}
 
 struct AdminFailure: Error, CustomStringConvertible {
     var description: String
