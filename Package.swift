@@ -23,7 +23,9 @@ let package = Package(
             "PASIDAllocators",
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
-        .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU", "PASIDAllocators"]),
+        .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU", "PASIDAllocators", "SeededRandom"]),
+        // The seeded generator randomized tests and benchmarks share (replayable from the printed seed).
+        .target(name: "SeededRandom"),
         // What the device model needs of the host-wide PASID allocator: the protocol and the in-memory
         // store. No C, no system calls, so the model, its tests and FuzzRequests need no SQLite.
         .target(name: "PASIDAllocators"),
@@ -45,7 +47,7 @@ let package = Package(
         ]),
         // A vhost-user front-end for tests and benchmarks: real socket, memfd memory, split rings, eventfds.
         .target(name: "VhostUserTestSupport", dependencies: [
-            "VhostUser", "CVhostUser",
+            "VhostUser", "CVhostUser", "SeededRandom",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .testTarget(name: "VhostUserTests", dependencies: [
@@ -66,6 +68,7 @@ let package = Package(
         // End-to-end tests: start the real daemon and drive it over real sockets and shared memory.
         .testTarget(name: "VhostIOMMUTests", dependencies: [
             "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDAllocators", "PASIDStore", "DaemonTestSupport",
+            "SeededRandom",
             "IOMMUFrontend", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // A real QEMU and a real Linux guest in front of the daemon (scripts/setup-qemu, scripts/setup-guest).
@@ -74,7 +77,7 @@ let package = Package(
         ], path: "Tests/Integration"),
         // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/performance.md).
         .executableTarget(name: "vhost-iommu-bench", dependencies: [
-            "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDAllocators", "PASIDStore",
+            "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDAllocators", "PASIDStore", "SeededRandom",
         ]),
         // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer -DFUZZING; plain builds
         // make small programs that replay inputs).

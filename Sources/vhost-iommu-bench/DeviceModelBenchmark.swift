@@ -1,3 +1,4 @@
+import SeededRandom
 import VirtioIOMMU
 
 /// Device-model benchmarks: domains holding n mappings, filled the way Linux's IOVA allocator hands
@@ -114,14 +115,3 @@ struct SortedArrayBaseline {
     func contains(_ page: UInt64) -> Bool { let i = index(page); return i < pages.count && pages[i] == page }
 }
 
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

@@ -1,3 +1,4 @@
+import SeededRandom
 import DaemonTestSupport
 import Foundation
 import Glibc

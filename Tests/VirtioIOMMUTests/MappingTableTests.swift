@@ -1,18 +1,7 @@
+import SeededRandom
 import Testing
 @_spi(Fuzzing) @testable import VirtioIOMMU
 
-/// A deterministic generator so that every randomized test can be replayed from its printed seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private func mapping(_ start: UInt64, _ end: UInt64, phys: UInt64 = 0x1000) -> Mapping {
     Mapping(virtualStart: start, virtualEnd: end, physicalStart: phys, flags: [.read, .write])

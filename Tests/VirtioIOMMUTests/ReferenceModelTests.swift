@@ -1,3 +1,4 @@
+import SeededRandom
 import Testing
 @_spi(Fuzzing) @testable import VirtioIOMMU
 
