@@ -36,7 +36,11 @@ let package = Package(
         // The vhost-user-iommu front-end protocol (docs/frontend-protocol.md): codecs, the op-log writer and
         // a reference mirror reader. No system calls, no C.
         .target(name: "IOMMUFrontend"),
-        .testTarget(name: "IOMMUFrontendTests", dependencies: ["IOMMUFrontend", "VirtioIOMMU", "PASIDAllocators"]),
+        // How the model's recorded changes become log operations: the one place that knows both.
+        .target(name: "ModelMirroring", dependencies: ["VirtioIOMMU", "IOMMUFrontend"]),
+        .testTarget(name: "IOMMUFrontendTests", dependencies: [
+            "IOMMUFrontend", "VirtioIOMMU", "PASIDAllocators", "ModelMirroring", "SeededRandom",
+        ]),
         // Thin C helpers for epoll, eventfd, memfd, CMSG and ring-index atomics.
         .target(name: "CVhostUser"),
         // Device-agnostic vhost-user back-end engine.
@@ -56,7 +60,7 @@ let package = Package(
         ]),
         // The daemon: CLI, wiring, control socket, signals.
         .executableTarget(name: "vhost-iommu", dependencies: [
-            "VirtioIOMMU", "VhostUser", "PASIDAllocators", "PASIDStore", "IOMMUFrontend",
+            "VirtioIOMMU", "VhostUser", "PASIDAllocators", "PASIDStore", "IOMMUFrontend", "ModelMirroring",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),

@@ -1,4 +1,5 @@
 import IOMMUFrontend
+import ModelMirroring
 import SystemPackage
 import VhostUser
 import VirtioIOMMU
@@ -260,25 +261,12 @@ final class FrontendSession {
 
     // MARK: The log (§5, §6)
 
-    /// Stages one mirrored change (§5.4); returns the domain a MAP or UNMAP touched, whose endpoints'
-    /// notifier bytes decide whether it must be acknowledged (§6 rule 2). Aux attachments, `bypass`
-    /// and resets are not in the log.
+    /// Stages one mirrored change (§5.4, `LogOperation.init(_:)`); returns the domain a MAP or UNMAP
+    /// touched, whose endpoints' notifier bytes decide whether it must be acknowledged (§6 rule 2).
     private static func stage(_ change: StateChange, into writer: inout LogWriter) throws(LogWriterError) -> Domain.ID? {
-        switch change {
-        case .domainCreated(let id, let bypass): try writer.stage(.domainCreate(domain: id, bypass: bypass))
-        case .domainDestroyed(let id): try writer.stage(.domainDestroy(domain: id))
-        case .attached(let endpoint, let domain): try writer.stage(.attach(endpoint: endpoint, domain: domain))
-        case .detached(let endpoint, let domain): try writer.stage(.detach(endpoint: endpoint, domain: domain))
-        case .mapped(let domain, let m):
-            try writer.stage(.map(domain: domain, virtualStart: m.virtualStart, virtualEnd: m.virtualEnd,
-                                  physicalStart: m.physicalStart, flags: m.flags.rawValue))
-            return domain
-        case .unmapped(let domain, let range):
-            try writer.stage(.unmap(domain: domain, virtualStart: range.first, virtualEnd: range.last))
-            return domain
-        case .auxAttached, .auxDetached, .bypassChanged, .reset, .requestCompleted: break
-        }
-        return nil
+        guard let operation = LogOperation(change) else { return nil }
+        try writer.stage(operation)
+        return change.mappingsChangedIn
     }
 
     /// After the model handled a request: its changes go to the log and are published. Whether the

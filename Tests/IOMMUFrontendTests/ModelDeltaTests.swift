@@ -1,5 +1,7 @@
 import IOMMUFrontend
+import ModelMirroring
 import PASIDAllocators
+import SeededRandom
 import Testing
 import VirtioIOMMU
 
@@ -7,33 +9,14 @@ import VirtioIOMMU
 /// one `stage` per mirrored change, a commit when `handle` completes a request, nothing for PROBE. Aux
 /// attachments, `bypass` and resets are not in the log (§5.4, §7).
 func translate(_ change: StateChange, into writer: inout LogWriter, position: UInt16) throws -> CommitOutcome? {
-    switch change {
-    case .domainCreated(let id, let bypass): try writer.stage(.domainCreate(domain: id, bypass: bypass))
-    case .domainDestroyed(let id): try writer.stage(.domainDestroy(domain: id))
-    case .attached(let endpoint, let domain): try writer.stage(.attach(endpoint: endpoint, domain: domain))
-    case .detached(let endpoint, let domain): try writer.stage(.detach(endpoint: endpoint, domain: domain))
-    case .mapped(let domain, let m):
-        try writer.stage(.map(domain: domain, virtualStart: m.virtualStart, virtualEnd: m.virtualEnd,
-                              physicalStart: m.physicalStart, flags: m.flags.rawValue))
-    case .unmapped(let domain, let range): try writer.stage(.unmap(domain: domain, virtualStart: range.first, virtualEnd: range.last))
-    case .auxAttached, .auxDetached, .bypassChanged, .reset: break
-    case .requestCompleted(let type, let status):
-        if type == .probe { writer.discardStaged(); return nil }
-        return try writer.commit(requestAt: position, status: status.rawValue)
-    }
-    return nil
+    if let operation = LogOperation(change) { try writer.stage(operation); return nil }
+    guard case .requestCompleted(let type, let status) = change else { return nil }
+    if type == .probe { writer.discardStaged(); return nil }
+    return try writer.commit(requestAt: position, status: status.rawValue)
 }
 
-/// A small seeded generator, so that a failure replays.
-struct Rng {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
+/// A failure replays from its seed (SeededRandom).
+extension SplitMix64 {
     mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
     mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
 }
@@ -159,7 +142,7 @@ struct Rng {
     /// Translations agree, except where the front-end's MSI rule (plan §1.7, as QEMU's virtio-iommu) is
     /// wider than the model's: an unattached endpoint without bypass is refused by the model but gets its
     /// MSI window 1:1.
-    static func expectSameTranslations(_ device: inout Device, _ mirror: MirrorReader, rng: inout Rng) {
+    static func expectSameTranslations(_ device: inout Device, _ mirror: MirrorReader, rng: inout SplitMix64) {
         let bypass = device.unattachedEndpointsBypass
         for _ in 0..<24 {
             let endpoint = UInt32(rng.below(12) * 8)  // 80 and 88 are unknown
@@ -196,7 +179,7 @@ struct Rng {
     // small log so that slots wrap and space runs out (§6 rule 8), and snapshots round-trip (§8.2).
     @Test(arguments: [1, 2, 3, 4, 5, 6] as [UInt64])
     func mirrorFollowsTheModel(seed: UInt64) throws {
-        var rng = Rng(state: seed)
+        var rng = SplitMix64(seed: seed)
         var device = try Self.makeDevice(bypass: seed % 2 == 0)
         let endpoints = Array(device.endpoints.keys)
         var s = try Session(logEntries: 64, endpoints: endpoints, inputRange: 0...Self.inputLast, queueSize: 64)
