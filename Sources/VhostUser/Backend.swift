@@ -14,8 +14,9 @@ public final class VhostUserBackend: @unchecked Sendable {
         case stopped
     }
 
-    /// Engine counters, readable after (or between) runs.
-    public struct Statistics: Sendable, Hashable {
+    /// What the engine counts, readable after (or between) runs. ("Counters" is what a layer counts — the
+    /// model's `VirtioIOMMU.Counters`, this — and "Statistics" the daemon's report built from them.)
+    public struct Counters: Sendable, Hashable {
         public var messages = 0
         public var refusedMessages = 0
         public var badChains = 0
@@ -51,10 +52,10 @@ public final class VhostUserBackend: @unchecked Sendable {
     public internal(set) var polling: AdaptivePolling
     public var logger: Logger
     /// Engine counters; safe to read from any thread.
-    public var statistics: Statistics { counters.withLock { $0 } }
-    let counters = Mutex(Statistics())
+    public var counters: Counters { countersLock.withLock { $0 } }
+    let countersLock = Mutex(Counters())
 
-    func record(_ change: (inout Statistics) -> Void) { counters.withLock { change(&$0) } }
+    func record(_ change: (inout Counters) -> Void) { countersLock.withLock { change(&$0) } }
 
     let loop: EventLoop
     var memory: GuestMemory

@@ -5,18 +5,15 @@ import VirtioIOMMU
 /// Something besides the model whose figures the control socket's `stats` reports; asked from the
 /// control thread.
 protocol StatisticsSource: Sendable {
-    func contribute(to statistics: inout ControlStatistics)
+    func contribute(to statistics: inout Statistics)
 }
-
-/// The daemon's report, named apart from the engine's own `VhostUserBackend.Statistics` for the extension below.
-typealias ControlStatistics = Statistics
 
 /// The engine's figures: event buffers the guest posted, polling turns, ring errors, refused messages,
 /// suppressed warnings (all read through its lock or atomics, so safe from the control thread).
 extension VhostUserBackend: StatisticsSource {
-    func contribute(to stats: inout ControlStatistics) {
+    func contribute(to stats: inout Statistics) {
         stats.eventBuffersPosted = availableChains(queue: IOMMUDevice.eventQueue)
-        let engine = statistics
+        let engine = counters
         stats.polledTurns = engine.polledTurns
         stats.blockingTurns = engine.blockingTurns
         stats.ringErrors = engine.ringErrors

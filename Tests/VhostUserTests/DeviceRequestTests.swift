@@ -31,7 +31,7 @@ import VhostUserTestSupport
         try h.frontend.sendRaw(Self.deviceRequest(EchoDevice.echoRequest + 1, [9]))
         let reply = try h.frontend.receiveReply(toRaw: EchoDevice.echoRequest + 1)
         #expect(reply.count == 8 && TestFrontend.u64(reply) != 0)
-        #expect(h.backend.statistics.refusedMessages == 1)
+        #expect(h.backend.counters.refusedMessages == 1)
     }
 
     // Without NEED_REPLY (or without REPLY_ACK) the front-end could not learn the outcome: refused
@@ -41,12 +41,12 @@ import VhostUserTestSupport
         try h.start()
         try h.frontend.sendRaw(Self.deviceRequest(EchoDevice.echoRequest, [1], needReply: false))
         #expect(try h.frontend.getFeatures() == h.backend.offeredFeatures)
-        #expect(h.backend.statistics.refusedMessages == 1)
+        #expect(h.backend.counters.refusedMessages == 1)
 
         let plain = try Harness()
         try plain.start(protocolFeatures: ProtocolFeatures.supported.subtracting(.replyAck))
         try plain.frontend.sendRaw(Self.deviceRequest(EchoDevice.echoRequest, [1]))
         #expect(try plain.frontend.getFeatures() == plain.backend.offeredFeatures)
-        #expect(plain.backend.statistics.refusedMessages == 1)
+        #expect(plain.backend.counters.refusedMessages == 1)
     }
 }

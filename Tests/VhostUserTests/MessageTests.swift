@@ -54,7 +54,7 @@ import VhostUserTestSupport
         // SET_VRING_ENABLE needs VHOST_USER_F_PROTOCOL_FEATURES acked.
         #expect(try h.frontend.setVringEnable(0, true) == false)
         #expect(try h.frontend.sendAcked(.resetDevice) == false)
-        #expect(h.backend.statistics.refusedMessages == 4)
+        #expect(h.backend.counters.refusedMessages == 4)
     }
 
     // Spec: vhost-user.rst VHOST_USER_GET_CONFIG / SET_CONFIG; docs/vhost-user.md "How a device plugs in".

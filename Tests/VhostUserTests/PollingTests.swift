@@ -45,7 +45,7 @@ import VhostUserTestSupport
         try h.start(features: features)
         let q = h.queues[0]
         #expect(Self.serveThreeWithoutKicks(q) == 3)
-        #expect(h.backend.statistics.polledTurns > 0)
+        #expect(h.backend.counters.polledTurns > 0)
         // Idle past the largest window (100 ms): the loop blocks, and only after asking for kicks again.
         #expect(waitUntil(.seconds(5)) { kicksWanted(q, eventIndex: eventIndex) }, "kicks still off once idle")
         let (used, reply) = h.roundTrip([3, 4])

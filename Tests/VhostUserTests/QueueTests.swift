@@ -45,7 +45,7 @@ import VhostUserTestSupport
         h.queues[0].kickNow()
         #expect(h.queues[0].waitForUsed(1).first?.length == 0)
         #expect(h.roundTrip([1, 2]).1 == [2, 1])
-        #expect(h.backend.statistics.badChains == 1)
+        #expect(h.backend.counters.badChains == 1)
     }
 
     /// Publishes a chain made of raw descriptors (for malformed chains).
@@ -90,7 +90,7 @@ import VhostUserTestSupport
         q.writeDescriptor(0, .init(address: buffer, length: 16, flags: I), table: inner)
         publishRaw(q, [(200, .init(address: inner, length: 16, flags: I))], head: 200)
         #expect(q.waitForUsed(1) == [DriverQueue.Used(head: 200, length: 0)])
-        #expect(h.backend.statistics.badChains == cases.count + 1)
+        #expect(h.backend.counters.badChains == cases.count + 1)
         #expect(h.roundTrip([1, 2, 3]).1 == [3, 2, 1])
         #expect(h.device.processed == 1)  // no bad chain reached the device
     }
@@ -215,7 +215,7 @@ import VhostUserTestSupport
                              bases: bases.map { UInt16($0) })
         #expect(h.queues[0].waitForUsed(1).first?.length == 2)
         #expect(h.device.resets == 0)
-        #expect(h.backend.statistics.guestResetsDetected == 0)
+        #expect(h.backend.counters.guestResetsDetected == 0)
     }
 
     // QEMU's generic device sends no RESET_DEVICE: a restart at a different base is a guest reset.
@@ -229,7 +229,7 @@ import VhostUserTestSupport
         let fresh = try (0..<2).map { try DriverQueue(memory: h.memory, index: $0, size: 256) }
         try h.frontend.start(features: h.allFeatures, memory: [h.memory], queues: fresh)
         #expect(h.device.resets == 1)
-        #expect(h.backend.statistics.guestResetsDetected == 1)
+        #expect(h.backend.counters.guestResetsDetected == 1)
         fresh[0].add(readable: [[1, 2]], writable: [2])
         fresh[0].kickNow()
         #expect(fresh[0].waitForUsed(1).first?.length == 2)
@@ -262,7 +262,7 @@ import VhostUserTestSupport
         q.kickNow()
         #expect(q.waitForError())  // vhost-user.rst: the error eventfd of the stopped ring is signalled
         #expect(try h.frontend.getStatus() & DeviceStatus.needsReset != 0)
-        #expect(h.backend.statistics.ringErrors == 1)
+        #expect(h.backend.counters.ringErrors == 1)
         #expect(q.usedIndex == 0)
         // The other queue and the connection still work.
         #expect(try h.frontend.getFeatures() != 0)

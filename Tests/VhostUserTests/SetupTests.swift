@@ -45,7 +45,7 @@ import VhostUserTestSupport
         q.kickNow()
         #expect(q.waitForError())  // vhost-user.rst: the error eventfd of the stopped ring is signalled
         #expect(try h.frontend.getStatus() & DeviceStatus.needsReset != 0)  // (a round trip: the turn has ended)
-        #expect(h.backend.statistics.ringErrors == 1)
+        #expect(h.backend.counters.ringErrors == 1)
     }
 
     // Spec: docs/vhost-user.md "Validation before dispatch" (3) and vhost-user.rst VHOST_USER_SET_VRING_CALL (no-descriptor flag).

@@ -34,7 +34,7 @@ import VhostUserTestSupport
         q.kickNow()
         #expect(q.waitForUsed(1) == [DriverQueue.Used(head: tooLong, length: 0)])
         #expect(q.reply(of: tooLong) == [UInt8](repeating: 0xAA, count: 256), "nothing written")
-        #expect(h.backend.statistics.badChains == 1 && h.backend.statistics.ringErrors == 0)
+        #expect(h.backend.counters.badChains == 1 && h.backend.counters.ringErrors == 0)
         let (used, reply) = h.roundTrip([1, 2])
         #expect(used?.length == 2 && reply == [2, 1])
     }
@@ -51,8 +51,8 @@ import VhostUserTestSupport
             q.kickNow()
             #expect(q.waitForUsed(20).allSatisfy { $0.length == 0 })
         }
-        #expect(h.backend.statistics.badChains == 100)
-        #expect(h.backend.statistics.warningsSuppressed == 80)
+        #expect(h.backend.counters.badChains == 100)
+        #expect(h.backend.counters.warningsSuppressed == 80)
     }
 
     @Test func warningsFromInputAreRateLimited() {
