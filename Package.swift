@@ -88,7 +88,7 @@ let package = Package(
         .target(name: "FuzzSupport"),
         .executableTarget(name: "FuzzRequests", dependencies: ["FuzzSupport", "VirtioIOMMU", "PASIDAllocators"]),
         .executableTarget(name: "FuzzMessages", dependencies: [
-            "FuzzSupport", "VhostUser", .product(name: "Logging", package: "swift-log"),
+            "FuzzSupport", "VhostUser", "VhostUserTestSupport", .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "FuzzChains", dependencies: ["FuzzSupport", "VhostUser"]),
         .executableTarget(name: "FuzzFrontend", dependencies: ["FuzzSupport", "IOMMUFrontend"]),

@@ -5,6 +5,7 @@ import FuzzSupport
 import Glibc
 import Logging
 @_spi(Fuzzing) import VhostUser
+import VhostUserTestSupport
 
 /// A two-queue device that echoes requests, for the engine alone.
 final class EchoDevice: VhostUserDevice {
@@ -39,18 +40,8 @@ nonisolated(unsafe) var baselineEventFDs = -1
 /// Descriptors this target hands to the engine, by what they point at: the fuzz memfds and eventfds.
 /// (libFuzzer opens files of its own between inputs, so only these are counted.)
 func descriptorsOfFuzzKinds() -> (memfds: Int, eventfds: Int) {
-    guard let dir = opendir("/proc/self/fd") else { return (-1, -1) }
-    defer { closedir(dir) }
-    var memfds = 0, eventfds = 0
-    var target = [CChar](repeating: 0, count: 256)
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let n = readlink("/proc/self/fd/" + name, &target, 255)
-        guard n > 0 else { continue }
-        let link = String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        if link.hasPrefix("/memfd:fuzz") { memfds += 1 } else if link == "anon_inode:[eventfd]" { eventfds += 1 }
-    }
-    return (memfds, eventfds)
+    let targets = ProcessDescriptors.targets()
+    return (targets.filter { $0.hasPrefix("/memfd:fuzz") }.count, targets.filter { $0 == "anon_inode:[eventfd]" }.count)
 }
 
 /// A descriptor of the kind a front-end sends: guest RAM (a 64 KiB memfd) or an eventfd.

@@ -8,13 +8,7 @@ import VhostUserTestSupport
 import VirtioIOMMU
 
 /// Open descriptors of another process.
-func descriptorCount(of pid: Int32) -> Int {
-    guard let dir = opendir("/proc/\(pid)/fd") else { return -1 }
-    defer { closedir(dir) }
-    var count = 0
-    while readdir(dir) != nil { count += 1 }
-    return count - 2  // . and ..
-}
+func descriptorCount(of pid: Int32) -> Int { ProcessDescriptors.count(of: pid) }
 
 /// Resident memory of another process, in KiB.
 func residentKiB(of pid: Int32) -> Int {

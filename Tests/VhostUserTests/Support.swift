@@ -186,27 +186,10 @@ final class Harness {
 }
 
 /// Open descriptors of this process, to show that nothing leaks.
-func openDescriptorCount() -> Int {
-    guard let dir = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(dir) }
-    var count = 0
-    while readdir(dir) != nil { count += 1 }
-    return count
-}
+func openDescriptorCount() -> Int { ProcessDescriptors.count() }
 
 /// How many descriptors of this process refer to the memfd named `name` (parallel-safe leak check).
-func descriptorsReferring(to name: String) -> Int {
-    guard let dir = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(dir) }
-    var count = 0
-    while let entry = readdir(dir) {
-        let fdName = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        var target = [CChar](repeating: 0, count: 512)
-        let n = readlink("/proc/self/fd/\(fdName)", &target, 511)
-        if n > 0, String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self).contains(name) { count += 1 }
-    }
-    return count
-}
+func descriptorsReferring(to name: String) -> Int { ProcessDescriptors.targets().filter { $0.contains(name) }.count }
 
 /// A memfd with a unique name, to follow where its descriptors go.
 func namedMemfd(_ name: String) throws -> OwnedFileDescriptor {
