@@ -7,29 +7,6 @@ import Logging
 @_spi(Fuzzing) import VhostUser
 import VhostUserTestSupport
 
-/// A two-queue device that echoes requests, for the engine alone.
-final class EchoDevice: VhostUserDevice {
-    var config: [UInt8] = [UInt8](repeating: 7, count: 40)
-    var deviceFeatures: UInt64 { 0b101 }
-    var queueCount: Int { 2 }
-    var maxQueueSize: Int { 256 }
-    func readConfig() -> [UInt8] { config }
-    func writeConfig(offset: Int, bytes: [UInt8], migration: Bool) -> Bool {
-        guard offset >= 0, offset + bytes.count <= config.count else { return false }
-        config.replaceSubrange(offset..<offset + bytes.count, with: bytes)
-        return true
-    }
-    func setNegotiatedFeatures(_ features: UInt64) {}
-    func mode(ofQueue queue: Int) -> QueueMode { queue == 0 ? .onKick : .onDemand }
-    func hasPendingWork(queue: Int) -> Bool { false }
-    func process(queue: Int, readable: ChainReadable, writable: ChainWritable) -> Int {
-        var n = 0
-        for part in writable { n += part.count }
-        return n
-    }
-    func reset() {}
-}
-
 let backend: VhostUserBackend = {
     var logger = Logger(label: "fuzz")
     logger.logLevel = .critical
