@@ -1,6 +1,8 @@
+import Dispatch
 import Glibc
 import Testing
 import PASIDAllocators
+import Synchronization
 @testable import PASIDStore
 
 enum StoreKind: String, CaseIterable, Sendable {
@@ -183,36 +185,16 @@ func removeStore(_ path: String) {
         let path = temporaryStorePath()
         defer { removeStore(path) }
         let a = try SQLitePASIDStore(path: path), b = try SQLitePASIDStore(path: path)
-        let results = Results()
-        let threads = [(a, "vm-a"), (b, "vm-b")].map { store, owner in
-            Thread { for _ in 0..<300 { if let p = try? store.allocate(owner: owner, in: nil) { results.add(p) } } }
+        let results = Mutex<[PASID]>([])
+        let contenders = [(a, "vm-a"), (b, "vm-b")]
+        DispatchQueue.concurrentPerform(iterations: contenders.count) { i in
+            let (store, owner) = contenders[i]
+            for _ in 0..<300 { if let p = try? store.allocate(owner: owner, in: nil) { results.withLock { $0.append(p) } } }
         }
-        threads.forEach { $0.join() }
-        let all = results.values
+        let all = results.withLock { $0 }
         #expect(all.count == 600)
         #expect(Set(all).count == 600)
         #expect(try a.allocations().count == 600)
     }
 }
 
-final class Results: @unchecked Sendable {
-    private var lock = pthread_mutex_t()
-    private var items: [PASID] = []
-    init() { pthread_mutex_init(&lock, nil) }
-    func add(_ p: PASID) { pthread_mutex_lock(&lock); items.append(p); pthread_mutex_unlock(&lock) }
-    var values: [PASID] { pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }; return items }
-}
-
-/// A POSIX thread for the concurrency test.
-final class Thread: @unchecked Sendable {
-    private var thread = pthread_t()
-    private final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-    init(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        pthread_create(&thread, nil, { raw in
-            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
-            return nil
-        }, box)
-    }
-    func join() { pthread_join(thread, nil) }
-}

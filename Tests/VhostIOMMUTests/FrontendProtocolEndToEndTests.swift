@@ -106,7 +106,7 @@ import VirtioIOMMU
         SystemCall.signal(ack.descriptor)
         #expect(requests.waitForUsed(1) == [DriverQueue.Used(head: again, length: 4)])
         let answer = Mutex<Bool?>(nil)  // the control reply's "ok", once it came
-        let box = UncheckedSendable(value: daemon)
+        let box = UncheckedBox(value: daemon)
         let operatorThread = OSThread {
             let ok = (try? box.value.control(#"{"op":"detach","endpoint":16}"#))?["ok"] as? Bool ?? false
             answer.withLock { $0 = ok }
@@ -221,4 +221,3 @@ private func pollReadable(_ fd: FileDescriptor) -> Bool {
 }
 
 /// Hands a value that is used by one thread at a time to another thread.
-private struct UncheckedSendable<T>: @unchecked Sendable { let value: T }

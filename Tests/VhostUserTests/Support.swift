@@ -6,7 +6,6 @@ import Testing
 @testable import VhostUser
 import VhostUserTestSupport
 
-struct UncheckedBox<T>: @unchecked Sendable { let value: T }
 
 /// A back-end serving an `EchoDevice` on its own thread, and a test front-end connected to it.
 final class Harness {
