@@ -21,7 +21,7 @@ func fuzzRequests(_ data: UnsafeBufferPointer<UInt8>) {
         limits: Limits(maxDomains: 6, maxMappingsPerDomain: 300, maxMappingsTotal: 500, maxPendingFaults: 8))
     configuration.pasidWidths = [1: 4, 2: 20, 5: 1]
     guard let store = try? InMemoryPASIDStore(width: 6, defaultQuota: 5),
-          var device = try? Device(configuration: configuration, pasidStore: store, owner: "fuzz") else { return }
+          var device = try? IOMMUModel(configuration: configuration, pasidStore: store, owner: "fuzz") else { return }
     device.negotiate(Features(rawValue: features.rawValue & (setup & 4 != 0 ? ~0 : ~Features.pasid.rawValue)))
     var steps = 0
     defer { if let problem = device.invariantViolation() { fatalError("invariant broken: \(problem)") } }

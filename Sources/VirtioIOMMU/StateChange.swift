@@ -29,7 +29,7 @@ public enum StateChange: Hashable, Sendable {
     case requestCompleted(RequestType, Status)
 }
 
-extension Device {
+extension IOMMUModel {
     /// Whether the model records its state changes (off by default: then recording costs one branch
     /// per change). Turning it off drops what was recorded.
     public var recordsChanges: Bool {

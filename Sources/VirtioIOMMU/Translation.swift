@@ -16,7 +16,7 @@ public enum TranslationError: Error, Hashable, Sendable {
     case fault(Fault)
 }
 
-extension Device {
+extension IOMMUModel {
     /// Whether an endpoint that is not attached to any domain is in bypass (§5.13.6, bypass rules).
     public var unattachedEndpointsBypass: Bool {
         (configuration.features.contains(.bypassConfig) && bypass) || negotiatedFeatures.contains(.bypass)

@@ -4,7 +4,7 @@ import VirtioIOMMU
 /// cost much more than a normal one. Each comparison runs side by side in one run and reports the ratio.
 enum BoundedWorkBenchmark {
     /// The slack the model allows beyond what a reply owes (`Device.maxWritableSlack`).
-    static let slack = Device.maxWritableSlack
+    static let slack = IOMMUModel.maxWritableSlack
 
     static func run(report: inout Report, endpoints: Int = 65_536) {
         writablePartRows(report: &report)
@@ -22,7 +22,7 @@ enum BoundedWorkBenchmark {
     /// Normal ATTACH (a 4-byte writable part) against the same ATTACH with a huge writable part in one
     /// buffer, and with the largest part the model still answers (owed bytes + `slack`).
     static func writablePartRows(report: inout Report) {
-        var device = try! Device(configuration: Configuration(endpoints: [1: [.x86MSIWindow]], bypass: false))
+        var device = try! IOMMUModel(configuration: Configuration(endpoints: [1: [.x86MSIWindow]], bypass: false))
         device.negotiate(.standard)
         // Alternate between two domains, so that each ATTACH moves the endpoint as Linux's do.
         let requests = [AttachRequest(domain: 1, endpoint: 1).encoded, AttachRequest(domain: 2, endpoint: 1).encoded]
@@ -55,7 +55,7 @@ enum BoundedWorkBenchmark {
         var endpoints: [UInt32: [ReservedRegion]] = [:]
         for id in 0...UInt32(count) { endpoints[id] = [.x86MSIWindow] }  // id `count` is the lone one
         let limits = Limits(maxMappingsPerDomain: 1 << 12, maxMappingsTotal: 1 << 13)
-        var device = try! Device(configuration: Configuration(endpoints: endpoints, bypass: false, limits: limits))
+        var device = try! IOMMUModel(configuration: Configuration(endpoints: endpoints, bypass: false, limits: limits))
         device.negotiate(.standard)
         let clock = ContinuousClock()
         let start = clock.now

@@ -8,9 +8,9 @@ enum DeviceModelBenchmark {
     static let endpoint: UInt32 = 1
     static let domain: UInt32 = 1
 
-    static func makeDevice(mappings: Int) -> Device {
+    static func makeDevice(mappings: Int) -> IOMMUModel {
         let limits = Limits(maxMappingsPerDomain: mappings + 16, maxMappingsTotal: mappings + 16)
-        var device = try! Device(configuration: Configuration(endpoints: [endpoint: []], bypass: false, limits: limits))
+        var device = try! IOMMUModel(configuration: Configuration(endpoints: [endpoint: []], bypass: false, limits: limits))
         device.negotiate(.standard)
         _ = device.execute(AttachRequest(domain: domain, endpoint: endpoint))
         return device
@@ -26,12 +26,12 @@ enum DeviceModelBenchmark {
         return Array(set)
     }
 
-    static func map(_ device: inout Device, page: UInt64) -> Status {
+    static func map(_ device: inout IOMMUModel, page: UInt64) -> Status {
         device.execute(MapRequest(domain: domain, virtualStart: page << 12, virtualEnd: (page << 12) + 0xfff,
                                   physicalStart: page << 12, flags: 3))
     }
 
-    static func unmap(_ device: inout Device, page: UInt64) -> Status {
+    static func unmap(_ device: inout IOMMUModel, page: UInt64) -> Status {
         device.execute(UnmapRequest(domain: domain, virtualStart: page << 12, virtualEnd: (page << 12) + 0xfff))
     }
 

@@ -15,7 +15,7 @@ final class ControlServer: @unchecked Sendable {
     static let maxClients = 64
 
     private let listener: Listener
-    private let device: IOMMUDevice
+    private let device: VhostUserIOMMU
     private let logger: Logger
     private let wake: OwnedFileDescriptor
     private let stopped = Atomic<Bool>(false)
@@ -24,7 +24,7 @@ final class ControlServer: @unchecked Sendable {
     /// errors); each is asked on the control thread, so each must be safe to read from there.
     private let sources: [any StatisticsSource]
 
-    init(path: String, device: IOMMUDevice, sources: [any StatisticsSource] = [], logger: Logger) throws {
+    init(path: String, device: VhostUserIOMMU, sources: [any StatisticsSource] = [], logger: Logger) throws {
         listener = try Listener(path: path)
         self.device = device
         self.sources = sources

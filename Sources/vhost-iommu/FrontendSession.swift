@@ -6,7 +6,7 @@ import VirtioIOMMU
 
 /// The daemon's side of docs/frontend-protocol.md with one front-end connection: HELLO, SET_REGION
 /// and RESET (STATE_PUSH is refused: resync after a reconnect is not implemented yet), and the op log
-/// that keeps QEMU's mirror of the model current. Used from the event-loop thread only; `IOMMUDevice`
+/// that keeps QEMU's mirror of the model current. Used from the event-loop thread only; `VhostUserIOMMU`
 /// keeps it behind its own lock, taken after the model's.
 final class FrontendSession {
     private enum Phase {
@@ -97,7 +97,7 @@ final class FrontendSession {
     // MARK: Requests (§2–§4, §7)
 
     /// Handles one front-end request; returns its reply payload. `model` is the device under its lock.
-    func handle(_ id: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors, model: inout Device) -> [UInt8] {
+    func handle(_ id: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors, model: inout IOMMUModel) -> [UInt8] {
         guard let request = FrontendProtocol.Request(rawValue: id) else { return FrontendStatus.unsupported.encoded }
         var descriptorCount = request.descriptorCount
         if request == .setRegion, case .greeted(let hello) = phase {
@@ -131,7 +131,7 @@ final class FrontendSession {
         (error as? FrontendWireError)?.status ?? .invalid
     }
 
-    private func setRegion(_ payload: [UInt8], _ descriptors: inout ReceivedDescriptors, _ model: inout Device) -> [UInt8] {
+    private func setRegion(_ payload: [UInt8], _ descriptors: inout ReceivedDescriptors, _ model: inout IOMMUModel) -> [UInt8] {
         guard case .greeted(let hello) = phase else { return FrontendStatus.badState.encoded }
         let request: SetRegionRequest
         do {
@@ -186,7 +186,7 @@ final class FrontendSession {
     /// STATE_PUSH (§8.2): QEMU's mirror becomes the model, all or nothing, with no entry written. The
     /// snapshot is untrusted input: decoded and checked against the configuration, then replayed as the
     /// guest's own ATTACH and MAP requests on a copy of the model, each of which must succeed.
-    private func statePush(_ payload: [UInt8], _ descriptors: inout ReceivedDescriptors, _ model: inout Device) -> [UInt8] {
+    private func statePush(_ payload: [UInt8], _ descriptors: inout ReceivedDescriptors, _ model: inout IOMMUModel) -> [UInt8] {
         guard case .active(let active) = phase, !active.statePushed, !active.requestsHandled else {
             return FrontendStatus.badState.encoded
         }
@@ -241,7 +241,7 @@ final class FrontendSession {
         return FrontendStatus.ok.encoded
     }
 
-    private func reset(_ payload: [UInt8], _ model: inout Device) -> [UInt8] {
+    private func reset(_ payload: [UInt8], _ model: inout IOMMUModel) -> [UInt8] {
         guard case .active(let active) = phase else { return FrontendStatus.badState.encoded }
         do {
             let request = try payload.withUnsafeBytes { bytes throws(FrontendWireError) in try ResetRequest(decoding: bytes) }
@@ -271,7 +271,7 @@ final class FrontendSession {
 
     /// After the model handled a request: its changes go to the log and are published. Whether the
     /// request's completion must wait (an acknowledgement, or log space) is kept for `takeWaitRequest`.
-    func publishRequest(of model: inout Device) {
+    func publishRequest(of model: inout IOMMUModel) {
         guard case .active(let active) = phase else {
             model.drainChanges { _ in }
             return
@@ -317,7 +317,7 @@ final class FrontendSession {
 
     /// QEMU's `applied` and `acked`, ringing the doorbell when it is due; nil when they broke the
     /// protocol (the session is then over).
-    private func progress(of active: Active, model: inout Device) -> LogProgress? {
+    private func progress(of active: Active, model: inout IOMMUModel) -> LogProgress? {
         do {
             let progress = try active.writer.progress()
             if progress.ringDoorbell { active.ringDoorbell() }
@@ -329,7 +329,7 @@ final class FrontendSession {
     }
 
     /// Whether the waiting completion may go: its commit acknowledged, or the log had room after all.
-    func waitIsOver(model: inout Device) -> Bool {
+    func waitIsOver(model: inout IOMMUModel) -> Bool {
         guard case .active(let active) = phase, let progress = progress(of: active, model: &model) else { return true }
         switch active.waiting {
         case nil:
@@ -358,7 +358,7 @@ final class FrontendSession {
 
     /// A change the daemon made itself (the model already made it, recorded): published as a LOCAL
     /// group (§6.1), to be acknowledged when it holds a DETACH.
-    func publishLocal(of model: inout Device) -> LocalOutcome {
+    func publishLocal(of model: inout IOMMUModel) -> LocalOutcome {
         guard case .active(let active) = phase else {
             model.drainChanges { _ in }
             return .done
@@ -384,7 +384,7 @@ final class FrontendSession {
     }
 
     /// Whether QEMU acknowledged `commit` (or the session that wanted it is gone).
-    func isAcknowledged(_ commit: LogCommit, model: inout Device) -> Bool {
+    func isAcknowledged(_ commit: LogCommit, model: inout IOMMUModel) -> Bool {
         guard case .active(let active) = phase, let progress = progress(of: active, model: &model) else { return true }
         return commit.isAcknowledged(by: progress.acked)
     }
@@ -411,7 +411,7 @@ final class FrontendSession {
     /// Takes what the fault ring holds (at most its size: bounded work per wake-up) and queues each
     /// record as a fault for the guest (§10.3). Returns how many were queued.
     @discardableResult
-    func drainFaults(model: inout Device) -> Int {
+    func drainFaults(model: inout IOMMUModel) -> Int {
         guard case .active(let active) = phase, var reader = active.faults else { return 0 }
         var reported = 0, unknown = 0
         do {
@@ -444,7 +444,7 @@ final class FrontendSession {
     }
 
     /// The front-end is gone (disconnect or device reset of the connection): the session ends.
-    func end(model: inout Device) {
+    func end(model: inout IOMMUModel) {
         violationNeedsReconnect = false
         if case .active(let active) = phase, let reader = active.faults {
             droppedInEndedSessions = Self.saturatingSum(droppedInEndedSessions, reader.droppedByFrontend)
@@ -455,7 +455,7 @@ final class FrontendSession {
     }
 
     /// A violation by the front-end ends the session; the model stops recording.
-    private func end(violation: String, model: inout Device) {
+    private func end(violation: String, model: inout IOMMUModel) {
         lastViolation = violation
         end(model: &model)
         violationNeedsReconnect = true

@@ -168,7 +168,7 @@ struct Serve: ParsableCommand {
                 }
             }
         }
-        let device = try IOMMUDevice(configuration: deviceConfiguration(), pasidStore: store, owner: owner, logger: logger)
+        let device = try VhostUserIOMMU(configuration: deviceConfiguration(), pasidStore: store, owner: owner, logger: logger)
         let backend = try VhostUserBackend(
             device: device, limits: .init(maxMemoryRegions: maxMemoryRegions, maxMessageSize: maxMessageSize),
             polling: AdaptivePolling(maximumNanoseconds: pollMaxUs * 1000,

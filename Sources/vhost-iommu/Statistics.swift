@@ -12,7 +12,7 @@ protocol StatisticsSource: Sendable {
 /// suppressed warnings (all read through its lock or atomics, so safe from the control thread).
 extension VhostUserBackend: StatisticsSource {
     func contribute(to stats: inout Statistics) {
-        stats.eventBuffersPosted = availableChains(queue: IOMMUDevice.eventQueue)
+        stats.eventBuffersPosted = availableChains(queue: VhostUserIOMMU.eventQueue)
         let engine = counters
         stats.polledTurns = engine.polledTurns
         stats.blockingTurns = engine.blockingTurns
@@ -60,7 +60,7 @@ struct Statistics: Codable, Sendable {
     /// Requests refused for a writable part far larger than their reply (docs/device-behaviour.md).
     var oversizedWritableParts: Int
 
-    init(_ device: Device) {
+    init(_ device: IOMMUModel) {
         let counters = device.counters
         requests = RequestType.allCases.flatMap { type in
             Status.allCases.compactMap { status in
@@ -80,7 +80,7 @@ struct Statistics: Codable, Sendable {
         faultsDropped = device.droppedFaultCount
     }
 
-    static func log(_ device: IOMMUDevice, logger: Logger) {
+    static func log(_ device: VhostUserIOMMU, logger: Logger) {
         let s = device.model.withLock { Statistics($0) }
         let requests = s.requests.map { "\($0.type)/\($0.status)=\($0.count)" }.joined(separator: " ")
         logger.info("""

@@ -29,7 +29,7 @@ extension SplitMix64 {
     static let reserved = ReservedRegion(.reserved, IOVARange(first: 0x7000_0000, last: 0x7000_ffff)!)
     static let inputLast: UInt64 = (1 << 48) - 1
 
-    static func makeDevice(bypass: Bool) throws -> Device {
+    static func makeDevice(bypass: Bool) throws -> IOMMUModel {
         var endpoints: [UInt32: [ReservedRegion]] = [:]
         for id in 0..<10 as Range<UInt32> { endpoints[id * 8] = id % 3 == 0 ? [msi] : (id % 3 == 1 ? [msi, reserved] : []) }
         var configuration = Configuration(
@@ -38,14 +38,14 @@ extension SplitMix64 {
             limits: Limits(maxDomains: 7, maxMappingsPerDomain: 12, maxMappingsTotal: 30))
         configuration.pasidWidths = [8: 4, 16: 4, 24: 8]
         let store = try InMemoryPASIDStore(width: 8, defaultQuota: 6)
-        var device = try Device(configuration: configuration, pasidStore: store, owner: "delta-test")
+        var device = try IOMMUModel(configuration: configuration, pasidStore: store, owner: "delta-test")
         device.negotiate(configuration.features)
         device.recordsChanges = true
         return device
     }
 
     /// Runs one request through the model and the log, as the daemon will; returns its commit.
-    static func run(_ request: [UInt8], writable: Int = 4, device: inout Device, session: inout Session,
+    static func run(_ request: [UInt8], writable: Int = 4, device: inout IOMMUModel, session: inout Session,
                     position: UInt16) throws -> LogCommit? {
         _ = device.handle(request: request, writableSize: writable)
         var outcome: CommitOutcome?
@@ -123,7 +123,7 @@ extension SplitMix64 {
 
     /// The mirror holds exactly the model's primary state; domains held only by aux attachments are in
     /// both (the mirror sees their CREATE), without endpoints.
-    static func expectSameState(_ device: Device, _ mirror: MirrorReader, step: Int) {
+    static func expectSameState(_ device: IOMMUModel, _ mirror: MirrorReader, step: Int) {
         #expect(Set(device.domains.keys) == Set(mirror.domains.keys), "domains, step \(step)")
         for (id, domain) in device.domains {
             guard let mirrored = mirror.domains[id] else { continue }
@@ -142,7 +142,7 @@ extension SplitMix64 {
     /// Translations agree, except where the front-end's MSI rule (plan §1.7, as QEMU's virtio-iommu) is
     /// wider than the model's: an unattached endpoint without bypass is refused by the model but gets its
     /// MSI window 1:1.
-    static func expectSameTranslations(_ device: inout Device, _ mirror: MirrorReader, rng: inout SplitMix64) {
+    static func expectSameTranslations(_ device: inout IOMMUModel, _ mirror: MirrorReader, rng: inout SplitMix64) {
         let bypass = device.unattachedEndpointsBypass
         for _ in 0..<24 {
             let endpoint = UInt32(rng.below(12) * 8)  // 80 and 88 are unknown

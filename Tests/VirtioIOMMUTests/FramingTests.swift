@@ -4,7 +4,7 @@ import Testing
 /// How requests are framed in descriptor chains (virtio 1.4 §5.13.6, §5.13.6.1).
 @Suite struct FramingTests {
     /// Runs a request split into readable pieces of the given sizes, and a writable part split likewise.
-    func handleSplit(_ device: inout Device, _ request: [UInt8], readableCuts: [Int], writableSizes: [Int]) -> (Int, [[UInt8]]) {
+    func handleSplit(_ device: inout IOMMUModel, _ request: [UInt8], readableCuts: [Int], writableSizes: [Int]) -> (Int, [[UInt8]]) {
         var pieces: [[UInt8]] = []
         var offset = 0
         for cut in readableCuts + [request.count] {
@@ -110,7 +110,7 @@ import Testing
 
 /// Edge arithmetic: ranges at 0 and 2^64−1, reversed ranges, one-byte ranges, huge counts.
 @Suite struct EdgeArithmeticTests {
-    func byteDevice() -> Device {
+    func byteDevice() -> IOMMUModel {
         var device = makeDevice(testConfiguration(features: [.mapUnmap, .probe, .mmio, .bypassConfig], pageSizeMask: 1, bypass: false))
         _ = device.attach(plainEndpoint, to: 1)
         return device

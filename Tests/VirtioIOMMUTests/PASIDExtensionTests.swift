@@ -2,7 +2,7 @@ import PASIDAllocators
 import Testing
 @_spi(Fuzzing) @testable import VirtioIOMMU
 
-extension Device {
+extension IOMMUModel {
     /// ALLOC_PASID with a writable part of `writable` bytes: the status and the PASID written.
     mutating func allocPASID(min: PASID = 0, max: PASID = 0, reserved: UInt64 = 0, writable: Int = 12) -> (Status?, PASID) {
         let (used, reply) = handle(request: AllocPASIDRequest(min: min, max: max, reserved: reserved).encoded, writableSize: writable)
@@ -29,7 +29,7 @@ extension Device {
     @Test func invisibleWithoutTheFeature() {
         var configuration = testConfiguration(features: Features.standard.union(.pasid))
         configuration.pasidWidths = [plainEndpoint: 8]
-        var device = try! Device(configuration: configuration, pasidStore: try! InMemoryPASIDStore(), owner: "vm")
+        var device = try! IOMMUModel(configuration: configuration, pasidStore: try! InMemoryPASIDStore(), owner: "vm")
         device.negotiate(.standard)  // an unmodified Linux guest never acks bit 63
         #expect(device.allocPASID().0 == nil)
         #expect(device.attachPASID(plainEndpoint, 1, to: 1) == nil)
@@ -39,7 +39,7 @@ extension Device {
         let (_, reply) = device.handle(request: ProbeRequest(endpoint: plainEndpoint).encoded, writableSize: 516)
         #expect(reply[0..<512].allSatisfy { $0 == 0 })
         #expect(Features.pasid.rawValue == 1 << 63)
-        #expect(throws: ConfigurationError.pasidWithoutStore) { try Device(configuration: configuration) }
+        #expect(throws: ConfigurationError.pasidWithoutStore) { try IOMMUModel(configuration: configuration) }
     }
 
     // ALLOC_PASID: bounds, reserved, writable size, exhaustion and quota.
@@ -84,7 +84,7 @@ extension Device {
     }
 
     /// A device with endpoint 10 attached to primary domain 1 and one allocated PASID.
-    func ready() -> (Device, PASID) {
+    func ready() -> (IOMMUModel, PASID) {
         var device = makePASIDDevice()
         _ = device.attach(plainEndpoint, to: 1)
         let (_, pasid) = device.allocPASID()

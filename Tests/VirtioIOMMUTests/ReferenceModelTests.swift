@@ -112,7 +112,7 @@ struct NaiveIOMMU {
                                    inputRange: IOVARange(first: 0, last: inputLast)!, bypass: false,
                                    features: [.mapUnmap, .inputRange, .probe, .bypassConfig])
         config.limits = Limits()
-        var device = try! Device(configuration: config)
+        var device = try! IOMMUModel(configuration: config)
         device.negotiate(config.features)
         var naive = NaiveIOMMU(regions: endpointRegions, granule: granule, inputLast: inputLast, bypassUnattached: false)
 

@@ -39,7 +39,7 @@ import Testing
     func mergedRangesEqualTheNaiveUnion(seed: UInt64) {
         var rng = SplitMix64(seed: seed)
         let regions = Self.randomRegions(&rng)
-        var device = try! Device(configuration: Configuration(endpoints: regions, bypass: false))
+        var device = try! IOMMUModel(configuration: Configuration(endpoints: regions, bypass: false))
         device.negotiate(Features(rawValue: 1 << 2))  // MAP_UNMAP (§5.13.3)
         for step in 0..<1_500 {
             let endpoint = UInt32(rng.next() % 24), domain = UInt32(rng.next() % 3 + 1)
@@ -86,7 +86,7 @@ import Testing
     @Test func mapBesideAndOnTheEdgesOfReservedRegions() {
         let low = IOVARange(first: 0, last: 0xfff)!, middle = IOVARange(first: 0x1_0000, last: 0x1_ffff)!
         let top = IOVARange(first: .max - 0xfff, last: .max)!
-        var device = try! Device(configuration: Configuration(
+        var device = try! IOMMUModel(configuration: Configuration(
             endpoints: [1: [ReservedRegion(.reserved, low), ReservedRegion(.reserved, middle), ReservedRegion(.reserved, top)]],
             pageSizeMask: 1, bypass: false))
         device.negotiate(Features(rawValue: 1 << 2))  // MAP_UNMAP (§5.13.3)
@@ -130,7 +130,7 @@ import Testing
         var endpoints: [UInt32: [ReservedRegion]] = [:]
         for id in 0..<UInt32(count) { endpoints[id] = [.x86MSIWindow] }
         endpoints[UInt32(count)] = [ReservedRegion(.reserved, IOVARange(first: 0x1000, last: 0x1fff)!)]
-        var device = try! Device(configuration: Configuration(endpoints: endpoints, bypass: false))
+        var device = try! IOMMUModel(configuration: Configuration(endpoints: endpoints, bypass: false))
         device.negotiate(Features(rawValue: 1 << 2))
         for id in 0..<UInt32(count) where device.execute(AttachRequest(domain: 1, endpoint: id)) != .ok {
             Issue.record("ATTACH \(id) refused")

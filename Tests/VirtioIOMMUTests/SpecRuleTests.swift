@@ -9,7 +9,7 @@ import Testing
         #expect(Configuration(endpoints: [:]).features.rawValue & 1 << 2 != 0)
         var config = testConfiguration()
         config.features.remove(.mapUnmap)
-        #expect(throws: ConfigurationError.mapUnmapNotOffered) { try Device(configuration: config) }
+        #expect(throws: ConfigurationError.mapUnmapNotOffered) { try IOMMUModel(configuration: config) }
     }
 
     // §5.13.3.2 D2: a new device does not offer legacy F_BYPASS (bit 3) by default.
@@ -28,13 +28,13 @@ import Testing
     @Test func d3_bothBypassFeaturesRefused() {
         var config = testConfiguration()
         config.features.insert(.bypass)
-        #expect(throws: ConfigurationError.bothBypassFeatures) { try Device(configuration: config) }
+        #expect(throws: ConfigurationError.bothBypassFeatures) { try IOMMUModel(configuration: config) }
     }
 
     // §5.13.4.2 D4: page_size_mask has at least one bit set.
     @Test func d4_pageSizeMaskNotEmpty() {
         #expect(throws: ConfigurationError.emptyPageSizeMask) {
-            try Device(configuration: testConfiguration(pageSizeMask: 0))
+            try IOMMUModel(configuration: testConfiguration(pageSizeMask: 0))
         }
         #expect(makeDevice().configSpace.pageSizeMask == ~0xfff)
     }
@@ -55,7 +55,7 @@ import Testing
         var device = makeDevice()
         #expect(throws: ConfigWriteError.invalidBypass(2)) { try device.writeConfig(offset: 36, bytes: [2]) }
         #expect(device.configSpace.bypass == 1)
-        var unnegotiated = try Device(configuration: testConfiguration())
+        var unnegotiated = try IOMMUModel(configuration: testConfiguration())
         unnegotiated.negotiate([.mapUnmap])
         #expect(throws: ConfigWriteError.bypassNotNegotiated) { try unnegotiated.writeConfig(offset: 36, bytes: [0]) }
         #expect(throws: ConfigWriteError.readOnly(offset: 0)) { try device.writeConfig(offset: 0, bytes: [1]) }
@@ -266,7 +266,7 @@ import Testing
 }
 
 @Suite struct MapRules {
-    func attached() -> Device {
+    func attached() -> IOMMUModel {
         var device = makeDevice(testConfiguration(bypass: false))
         _ = device.attach(plainEndpoint, to: 1)
         return device
@@ -356,7 +356,7 @@ import Testing
 }
 
 @Suite struct UnmapRules {
-    func attached(byteGranule: Bool = false) -> Device {
+    func attached(byteGranule: Bool = false) -> IOMMUModel {
         var device = makeDevice(testConfiguration(pageSizeMask: byteGranule ? 1 : ~0xfff))
         _ = device.attach(plainEndpoint, to: 1)
         return device
@@ -453,7 +453,7 @@ import Testing
 }
 
 @Suite struct ProbeRules {
-    func probe(_ device: inout Device, _ endpoint: UInt32, writable: Int = 516) -> (Status?, [UInt8]) {
+    func probe(_ device: inout IOMMUModel, _ endpoint: UInt32, writable: Int = 516) -> (Status?, [UInt8]) {
         let (used, reply) = device.handle(request: ProbeRequest(endpoint: endpoint).encoded, writableSize: writable)
         guard used > 0 else { return (nil, reply) }
         return (Status(rawValue: reply[writable - 4]), reply)
@@ -477,7 +477,7 @@ import Testing
     @Test func d36_probeWithoutFeature() {
         var device = makeDevice(testConfiguration(features: [.mapUnmap, .bypassConfig]))
         #expect(probe(&device, plainEndpoint).0 == nil)
-        var unnegotiated = try! Device(configuration: testConfiguration())
+        var unnegotiated = try! IOMMUModel(configuration: testConfiguration())
         unnegotiated.negotiate([.mapUnmap])
         #expect(probe(&unnegotiated, plainEndpoint).0 == nil)
     }
@@ -545,14 +545,14 @@ import Testing
     @Test func d43_oneMSIRegion() {
         var config = testConfiguration()
         config.endpoints[1] = [.x86MSIWindow, ReservedRegion(.msi, IOVARange(first: 0x1000, last: 0x1fff)!)]
-        #expect(throws: ConfigurationError.multipleMSIRegions(endpoint: 1)) { try Device(configuration: config) }
+        #expect(throws: ConfigurationError.multipleMSIRegions(endpoint: 1)) { try IOMMUModel(configuration: config) }
     }
 
     // §5.13.6.8.1.2 D44: no overlapping RESV_MEM properties for one endpoint.
     @Test func d44_noOverlappingRegions() {
         var config = testConfiguration()
         config.endpoints[1] = [.x86MSIWindow, ReservedRegion(.reserved, IOVARange(first: 0xfee0_1000, last: 0xfee0_1fff)!)]
-        #expect(throws: ConfigurationError.overlappingRegions(endpoint: 1)) { try Device(configuration: config) }
+        #expect(throws: ConfigurationError.overlappingRegions(endpoint: 1)) { try IOMMUModel(configuration: config) }
     }
 
     // §5.13.6.8.1.2 D45: a MAP that overlaps a RESV_MEM region of an attached endpoint → INVAL.
@@ -567,14 +567,14 @@ import Testing
 }
 
 @Suite struct FaultRules {
-    func faulting() -> Device {
+    func faulting() -> IOMMUModel {
         var device = makeDevice(testConfiguration(bypass: false))
         _ = device.attach(plainEndpoint, to: 1)
         _ = device.map(1, 0x1000, 0x1fff, flags: .read)
         return device
     }
 
-    func deliver(_ device: inout Device, bufferSize: Int = 24) -> (Int?, [UInt8]) {
+    func deliver(_ device: inout IOMMUModel, bufferSize: Int = 24) -> (Int?, [UInt8]) {
         var buffer = [UInt8](repeating: 0xAA, count: bufferSize)
         let used = buffer.withUnsafeMutableBytes { b in
             [b].withUnsafeBufferPointer { device.deliverFault(into: $0) }

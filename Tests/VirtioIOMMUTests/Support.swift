@@ -19,13 +19,13 @@ func testConfiguration(features: Features = .standard, pageSizeMask: UInt64 = ~0
 }
 
 /// A device with every offered feature negotiated.
-func makeDevice(_ configuration: Configuration = testConfiguration()) -> Device {
-    var device = try! Device(configuration: configuration)
+func makeDevice(_ configuration: Configuration = testConfiguration()) -> IOMMUModel {
+    var device = try! IOMMUModel(configuration: configuration)
     device.negotiate(configuration.features)
     return device
 }
 
-extension Device {
+extension IOMMUModel {
     /// Sends request bytes with a writable part of `writable` bytes; the tail's status, or nil when
     /// the used length is 0 and nothing was written.
     mutating func send(_ request: [UInt8], writable: Int = 4) -> Status? {
@@ -62,10 +62,10 @@ extension Device {
 /// A device with the PASID extension negotiated: endpoint 10 supports 8-bit PASIDs, endpoint 9 none,
 /// and an in-memory store.
 func makePASIDDevice(store: (any PASIDAllocator)? = nil, owner: String = "vm-test",
-                     limits: Limits = Limits()) -> Device {
+                     limits: Limits = Limits()) -> IOMMUModel {
     var configuration = testConfiguration(features: Features.standard.union(.pasid), limits: limits)
     configuration.pasidWidths = [plainEndpoint: 8, msiEndpoint: 20]
-    var device = try! Device(configuration: configuration, pasidStore: store ?? (try! InMemoryPASIDStore()), owner: owner)
+    var device = try! IOMMUModel(configuration: configuration, pasidStore: store ?? (try! InMemoryPASIDStore()), owner: owner)
     device.negotiate(configuration.features)
     return device
 }

@@ -6,7 +6,7 @@ import Testing
 /// translation, changes the state the entry depends on, and checks the next translation.
 @Suite struct TranslationCacheTests {
     /// A device with endpoint 10 in domain 1 and [0x1000, 0x2fff] → 0x8000, translated once (cached).
-    func warmDevice() throws -> Device {
+    func warmDevice() throws -> IOMMUModel {
         var device = makeDevice(testConfiguration(bypass: false))
         #expect(device.attach(plainEndpoint, to: 1) == .ok)
         #expect(device.map(1, 0x1000, 0x2fff, phys: 0x8000) == .ok)
@@ -24,7 +24,7 @@ import Testing
     }
 
     /// Translates 4 bytes for endpoint 10; any error other than a fault also fails the test.
-    func outcome(_ device: inout Device, iova: UInt64 = 0x1010, pasid: UInt32? = nil, access: Access = .read,
+    func outcome(_ device: inout IOMMUModel, iova: UInt64 = 0x1010, pasid: UInt32? = nil, access: Access = .read,
                  sourceLocation: SourceLocation = #_sourceLocation) -> Outcome {
         do {
             _ = try device.translate(endpoint: plainEndpoint, pasid: pasid, iova: iova, length: 4, access: access)

@@ -3,7 +3,7 @@ import Testing
 
 /// Runs one request with its writable part split into buffers of the given sizes, each filled with 0xAA
 /// (unwritten bytes stay 0xAA); the used length and the buffers as the driver sees them afterwards.
-func handleChain(_ device: inout Device, _ request: [UInt8], writableSizes: [Int]) -> (Int, [[UInt8]]) {
+func handleChain(_ device: inout IOMMUModel, _ request: [UInt8], writableSizes: [Int]) -> (Int, [[UInt8]]) {
     let buffers = writableSizes.map { size -> UnsafeMutableRawBufferPointer in
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 1)
         buffer.initializeMemory(as: UInt8.self, repeating: 0xAA)
@@ -38,7 +38,7 @@ func handleChain(_ device: inout Device, _ request: [UInt8], writableSizes: [Int
     // as unanswered. One byte less is answered as before.
     @Test(arguments: RequestType.allCases)
     func oversizedWritablePartIsRefusedUntouched(type: RequestType) {
-        #expect(Device.maxWritableSlack == Self.slack)
+        #expect(IOMMUModel.maxWritableSlack == Self.slack)
         var device = makePASIDDevice()
         let size = Self.owed(type) + Self.slack + 1
         let (used, buffers) = handleChain(&device, wellFormedRequest(type), writableSizes: [size])

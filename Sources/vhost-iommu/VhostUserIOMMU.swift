@@ -9,11 +9,11 @@ import VirtioIOMMU
 
 /// The virtio-iommu model served as a vhost-user device: queue 0 takes requests, queue 1 carries
 /// fault events. The model sits behind one lock, shared by the event loop and the control socket.
-final class IOMMUDevice: VhostUserDevice, Sendable {
+final class VhostUserIOMMU: VhostUserDevice, Sendable {
     static let requestQueue = 0
     static let eventQueue = 1
 
-    let model: Mutex<Device>
+    let model: Mutex<IOMMUModel>
     private let configuration: Configuration
     /// The engine's, given when it is made (`served(waker:)`), so that faults raised and operator requests
     /// queued off the loop thread wake it.
@@ -50,7 +50,7 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
         self.configuration = configuration
         self.logger = logger
         frontend = FrontendSession(configuration: configuration)
-        model = Mutex(try Device(configuration: configuration, pasidStore: pasidStore, owner: owner))
+        model = Mutex(try IOMMUModel(configuration: configuration, pasidStore: pasidStore, owner: owner))
     }
 
     var deviceFeatures: UInt64 { configuration.features.rawValue }
@@ -84,7 +84,7 @@ final class IOMMUDevice: VhostUserDevice, Sendable {
 
     /// One chain, under the model's lock: a request (its changes published to QEMU's log first, when a
     /// front-end mirrors the model) or an event buffer for the oldest pending fault.
-    private func handle(queue: Int, readable: ChainReadable, writable: ChainWritable, device: inout Device) -> Int {
+    private func handle(queue: Int, readable: ChainReadable, writable: ChainWritable, device: inout IOMMUModel) -> Int {
         guard queue == Self.requestQueue else { return device.deliverFault(into: writable) ?? 0 }
         let length = device.handle(readable: readable, writable: writable)
         if device.recordsChanges { frontend.publishRequest(of: &device) }

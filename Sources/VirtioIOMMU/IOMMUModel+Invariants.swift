@@ -1,6 +1,6 @@
 /// Consistency checks over the whole device state, for fuzzers and randomized tests.
 @_spi(Fuzzing)
-extension Device {
+extension IOMMUModel {
     /// A description of the first broken invariant, or nil.
     public func invariantViolation() -> String? {
         var total = 0

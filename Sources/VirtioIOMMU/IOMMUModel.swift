@@ -4,7 +4,7 @@ import PASIDAllocators
 ///
 /// A value type with no system calls: the transport hands it descriptor-chain views and tells it the
 /// negotiated features; whoever shares it between threads wraps it in a lock.
-public struct Device: Sendable {
+public struct IOMMUModel: Sendable {
     public let configuration: Configuration
     /// Device features the driver accepted (a subset of `configuration.features`).
     public private(set) var negotiatedFeatures: Features = []
@@ -392,7 +392,7 @@ public struct Device: Sendable {
     public var droppedFaultCount: Int { faults.dropped }
 }
 
-extension Device {
+extension IOMMUModel {
     /// Handles a request given as bytes, with a writable part of `writableSize` bytes;
     /// returns the used length and the writable part as the driver would see it.
     public mutating func handle(request: [UInt8], writableSize: Int) -> (usedLength: Int, reply: [UInt8]) {

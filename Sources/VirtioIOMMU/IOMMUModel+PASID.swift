@@ -2,7 +2,7 @@ import PASIDAllocators
 
 /// The PASID extension (docs/pasid-extension.md): aux domains per (endpoint, PASID), and PASIDs
 /// from the host-wide store, owned by this VM.
-extension Device {
+extension IOMMUModel {
     /// The PASIDs an endpoint can use: 1 ..< 2^bits (0 is traffic without a PASID).
     static func pasidRange(bits: Int) -> ClosedRange<PASID>? {
         bits > 0 ? 1...PASID((UInt64(1) << bits) - 1) : nil
