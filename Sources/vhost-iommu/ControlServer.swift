@@ -142,8 +142,7 @@ final class ControlServer: @unchecked Sendable {
             }
         case "detach":
             guard let endpoint = request.endpoint else { return .error("detach needs endpoint") }
-            let waker = device.waker.withLock { $0 }
-            switch device.detachForOperator(endpoint: endpoint, waker: waker) {
+            switch device.detachForOperator(endpoint: endpoint) {
             case .success: return ControlReply(ok: true)
             case .failure(let failure): return .error(failure.reason)
             }

@@ -413,6 +413,7 @@ final class FrontendSession {
     @discardableResult
     func drainFaults(model: inout IOMMUModel) -> Int {
         guard case .active(let active) = phase, var reader = active.faults else { return 0 }
+        let refusedBefore = reader.refusedRecords
         var reported = 0, unknown = 0
         do {
             try reader.drain { record in
@@ -429,7 +430,6 @@ final class FrontendSession {
             faultRingFailure = "fault ring: \(error); no more faults are read from this front-end until it reconnects"
             return reported
         }
-        let refusedBefore = active.faults?.refusedRecords ?? 0
         active.faults = reader
         faultCounters.reported += reported
         faultCounters.refused += unknown + reader.refusedRecords - refusedBefore

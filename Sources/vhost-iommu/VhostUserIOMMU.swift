@@ -160,8 +160,8 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
     /// Detaches `endpoint` from its domain as the operator asks: on the loop thread, and, with QEMU's
     /// front-end, only once QEMU acknowledged it (its DMA is refused from then on). Blocks the caller
     /// (the control thread) for at most `timeout`.
-    func detachForOperator(endpoint: Endpoint.ID, waker: Waker?, timeout: DispatchTimeInterval = .seconds(5)) -> Result<Void, DetachFailure> {
-        guard let waker else { return .failure(DetachFailure(reason: "the device is not being served")) }
+    func detachForOperator(endpoint: Endpoint.ID, timeout: DispatchTimeInterval = .seconds(5)) -> Result<Void, DetachFailure> {
+        guard let waker = waker.withLock({ $0 }) else { return .failure(DetachFailure(reason: "the device is not being served")) }
         let request = OperatorDetach(endpoint: endpoint)
         operatorRequests.withLock { $0.append(request) }
         waker.wake()

@@ -57,12 +57,7 @@ struct FaultTests: GuestWorkload {
         let expected = [(0x500000, "W"), (0x400000, "W"), (0x600000, "R"), (0x300000, "W")].flatMap { address, access in
             [0, 4].map { "page fault from EP \(Self.eduEndpoint) at 0x\(String(address + $0, radix: 16)) [\(access)]" }
         }
-        let deadline = ContinuousClock.now + .seconds(10)
-        var logged: [String] = []
-        repeat {
-            logged = try machine.run("dmesg | grep 'fault from EP' | sed 's/^.*virtio_iommu [^ ]* /@@KLOG /'")
-                .map { String($0.dropFirst("@@KLOG ".count)) }
-        } while Set(expected).subtracting(logged).count > 0 && ContinuousClock.now < deadline
+        var logged = try faultLog(machine, awaiting: expected)
         #expect(logged == expected, "the guest's log:\n\(logged.joined(separator: "\n"))")
         var stats = try daemon.stats()
         #expect(stats["frontendFaults"] as? Int == 8 && stats["frontendFaultRecordsRefused"] as? Int == 0, "\(stats)")
@@ -79,11 +74,7 @@ struct FaultTests: GuestWorkload {
         _ = try machine.waitFor("@@EDU case=flood iova=0x700000", timeout: .seconds(30))
         #expect(try machine.waitFor("@@DONE ") == "@@DONE 0")
         let domainFault = "domain fault from EP \(Self.eduEndpoint) at 0x700000 [W]"
-        let domainDeadline = ContinuousClock.now + .seconds(10)
-        repeat {
-            logged = try machine.run("dmesg | grep 'fault from EP' | sed 's/^.*virtio_iommu [^ ]* /@@KLOG /'")
-                .map { String($0.dropFirst("@@KLOG ".count)) }
-        } while !logged.contains(domainFault) && ContinuousClock.now < domainDeadline
+        logged = try faultLog(machine, awaiting: expected + [domainFault])
         #expect(logged == expected + [domainFault], "the guest's log:\n\(logged.joined(separator: "\n"))")
         #expect(try frontendCounter(machine, "x-faults") == 9)
 
@@ -121,5 +112,17 @@ struct FaultTests: GuestWorkload {
         machine.send("poweroff -f")
         #expect(machine.waitForExit() == 0)
         #expect(daemon.terminate() == 0)
+    }
+
+    /// The fault lines of the guest kernel's log (virtio_iommu's "… fault from EP …", prefix cut), read
+    /// again until each of `lines` is there or 10 s passed: the event reaches the guest asynchronously.
+    func faultLog(_ machine: Machine, awaiting lines: [String]) throws -> [String] {
+        let deadline = ContinuousClock.now + .seconds(10)
+        var logged: [String] = []
+        repeat {
+            logged = try machine.run("dmesg | grep 'fault from EP' | sed 's/^.*virtio_iommu [^ ]* /@@KLOG /'")
+                .map { String($0.dropFirst("@@KLOG ".count)) }
+        } while !Set(lines).isSubset(of: logged) && ContinuousClock.now < deadline
+        return logged
     }
 }
