@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
     ],
     targets: [
         // Device model: wire format, domains, mappings, translation. No system calls.
@@ -43,19 +44,35 @@ let package = Package(
         ]),
         // Thin C helpers for epoll, eventfd, memfd, CMSG and ring-index atomics.
         .target(name: "CVhostUser"),
-        // Device-agnostic vhost-user back-end engine.
+        // The device-agnostic vhost-user engine, free of the OS: messages, validation and dispatch, split
+        // rings over host-mapped memory, the polling policy. No Glibc, no swift-system, no C shim.
+        .target(name: "VhostUserCore", dependencies: [
+            .product(name: "Atomics", package: "swift-atomics"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The engine on Linux: epoll loop, system calls, listener, mmap'd guest memory (re-exports the core).
         .target(name: "VhostUser", dependencies: [
-            "CVhostUser",
+            "VhostUserCore", "CVhostUser",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The engine driven fully in memory, step by step (after swift-nio's NIOEmbedded): no threads,
+        // sockets or sleeps. Deterministic engine tests and the fuzz targets run on it.
+        .target(name: "VhostUserEmbedded", dependencies: [
+            "VhostUserCore", .product(name: "Logging", package: "swift-log"),
+        ]),
         // A vhost-user front-end for tests and benchmarks: real socket, memfd memory, split rings, eventfds.
         .target(name: "VhostUserTestSupport", dependencies: [
-            "VhostUser", "CVhostUser", "SeededRandom",
+            "VhostUser", "VhostUserEmbedded", "CVhostUser", "SeededRandom",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // The core's logic, deterministic, on the embedded driver.
+        .testTarget(name: "VhostUserCoreTests", dependencies: [
+            "VhostUserCore", "VhostUserEmbedded", "VhostUserTestSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "VhostUserTests", dependencies: [
-            "VhostUser", "VhostUserTestSupport",
+            "VhostUser", "VhostUserCore", "VhostUserTestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The daemon: CLI, wiring, control socket, signals.
@@ -88,9 +105,9 @@ let package = Package(
         .target(name: "FuzzSupport"),
         .executableTarget(name: "FuzzRequests", dependencies: ["FuzzSupport", "VirtioIOMMU", "PASIDAllocators"]),
         .executableTarget(name: "FuzzMessages", dependencies: [
-            "FuzzSupport", "VhostUser", "VhostUserTestSupport", .product(name: "Logging", package: "swift-log"),
+            "FuzzSupport", "VhostUserCore", "VhostUserEmbedded", "VhostUserTestSupport",
         ]),
-        .executableTarget(name: "FuzzChains", dependencies: ["FuzzSupport", "VhostUser"]),
+        .executableTarget(name: "FuzzChains", dependencies: ["FuzzSupport", "VhostUserCore", "VhostUserEmbedded", "VhostUserTestSupport"]),
         .executableTarget(name: "FuzzFrontend", dependencies: ["FuzzSupport", "IOMMUFrontend"]),
     ],
     swiftLanguageModes: [.v6]

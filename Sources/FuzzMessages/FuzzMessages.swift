@@ -2,49 +2,38 @@
 // real descriptors (memfds and eventfds), through the engine's decoder, validation and handlers.
 // After each input the "connection" ends; no descriptor may be left open.
 import FuzzSupport
-import Glibc
-import Logging
-@_spi(Fuzzing) import VhostUser
+import VhostUserCore
+import VhostUserEmbedded
 import VhostUserTestSupport
 
-let backend: VhostUserBackend = {
-    var logger = Logger(label: "fuzz")
-    logger.logLevel = .critical
-    return try! VhostUserBackend(device: EchoDevice(), limits: .init(maxMemoryRegions: 8), logger: logger)
-}()
-nonisolated(unsafe) var baselineEventFDs = -1
-
-/// Descriptors this target hands to the engine, by what they point at: the fuzz memfds and eventfds.
-/// (libFuzzer opens files of its own between inputs, so only these are counted.)
-func descriptorsOfFuzzKinds() -> (memfds: Int, eventfds: Int) {
-    let targets = ProcessDescriptors.targets()
-    return (targets.filter { $0.hasPrefix("/memfd:fuzz") }.count, targets.filter { $0 == "anon_inode:[eventfd]" }.count)
-}
-
-/// A descriptor of the kind a front-end sends: guest RAM (a 64 KiB memfd) or an eventfd.
-func makeDescriptor(_ kind: UInt8) -> CInt {
-    if kind % 2 == 0, let fd = try? SystemCall.memfd(name: "fuzz", size: 65536) { return fd.rawValue }
-    return (try? SystemCall.eventFD())?.rawValue ?? -1
-}
-
+/// The message stream, over the embedded driver: each chunk arrives with 0–3 descriptors (memory files of
+/// 64 KiB or eventfds, by the fuzzed kind bits), every eventfd the front-end made is signalled (as if it
+/// kicked every ring), and the engine takes one turn. At the end the front-end hangs up: every descriptor
+/// the engine was given must be closed by then.
 func fuzzMessages(_ data: UnsafeBufferPointer<UInt8>) {
-    if baselineEventFDs < 0 {
-        _ = backend.limits  // the engine's own wake eventfd exists before the baseline
-        baselineEventFDs = descriptorsOfFuzzKinds().eventfds
-    }
+    let host = EmbeddedHost()
+    let embedded = EmbeddedVhostUser(device: EchoDevice(.embedded(host)), host: host, limits: .init(maxMemoryRegions: 8))
+    var events: [HostDescriptor] = []
     var input = ByteReader(data)
     while !input.isAtEnd {
         let length = Int(input.u16() % 600)
         let kinds = input.u8()
         let count = Int(kinds % 4)
-        let fds = (0..<count).map { makeDescriptor(kinds >> (2 + $0)) }.filter { $0 >= 0 }
+        let descriptors = (0..<count).map { index -> HostDescriptor in
+            if (kinds >> (2 + index)) % 2 == 0 { return embedded.host.open(.memory(EmbeddedMemory(size: 65536))) }
+            let event = embedded.host.open(.event(EmbeddedEvent()))
+            events.append(event)
+            return event
+        }
         let chunk = input.take(min(length, input.remaining))
-        chunk.withUnsafeBytes { backend.fuzzFeed($0, descriptors: fds) }
+        embedded.sendRaw(chunk, descriptors: descriptors)
+        for event in events { embedded.host.signal(event) }
+        embedded.step()
+        _ = embedded.readOutbound(.max)
+        if !embedded.isConnected { embedded.connect() }  // a fatal protocol error ended the "connection"
     }
-    backend.fuzzDisconnect()
-    let now = descriptorsOfFuzzKinds()
-    precondition(now.memfds == 0 && now.eventfds == baselineEventFDs,
-                 "descriptor leak: \(now.memfds) memfds and \(now.eventfds) eventfds open (\(baselineEventFDs) before)")
+    embedded.disconnect()
+    precondition(embedded.host.engineHeld.isEmpty, "descriptor leak: \(embedded.host.engineHeld.count) descriptors still open")
 }
 
 #if FUZZING

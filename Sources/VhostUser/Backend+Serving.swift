@@ -1,7 +1,5 @@
 import CVhostUser
 import Glibc
-import Logging
-import Synchronization
 import SystemPackage
 
 /// The event loop of one connection: waiting, ring polling, and dispatch of what became ready.
@@ -16,7 +14,7 @@ extension VhostUserBackend {
             var ready = false
             try loop.wait(timeout: -1) { token, _ in if token == Self.listenerToken { ready = true } }
             SystemCall.drain(loop.wakeDescriptor.descriptor)
-            device.loopWoken()
+            engine.woken()
             if ready, !isStopRequested {
                 do { return try SystemCall.accept(listener.socket.descriptor) } catch .wouldBlock { continue }
             }
@@ -29,20 +27,19 @@ extension VhostUserBackend {
     public func serve(connection fd: FileDescriptor) throws(Errno) -> Outcome {
         let owned = OwnedFileDescriptor(fd)
         try SystemCall.setNonBlocking(fd)
-        try loop.add(fd, token: Self.connectionToken)
-        connection = fd
-        disconnectRequested = false
-        waitingToWrite = false
-        watchDeviceDescriptors()
+        try loop.add(fd, token: PosixHost.connectionToken)
+        host.begin(fd)
+        engine.connected()
         defer {
             loop.remove(fd)
-            connection = nil
-            disconnectCleanup()
+            host.end()
+            engine.disconnected()
             _ = owned
         }
         var ready: [(UInt64, UInt32)] = []
         ready.reserveCapacity(64)
         var lastDescriptorCheck = ContinuousClock.now
+        func ending() -> Bool { engine.disconnectRequested || host.connectionFailed }
         while true {
             if isStopRequested { return .stopped }
             ready.removeAll(keepingCapacity: true)
@@ -53,55 +50,33 @@ extension VhostUserBackend {
             // back on first, so that no message is handled while a ring tells the driver not to kick.
             let checkDescriptors = !polled || waitStarted - lastDescriptorCheck >= .microseconds(50)
             if checkDescriptors {
-                if polled { resumeKicks() }
+                if polled { engine.resumeKicks() }
                 try loop.wait(timeout: polled ? 0 : -1) { ready.append(($0, $1)) }
                 lastDescriptorCheck = ContinuousClock.now
             }
-            if polling.maximum > 0 {
-                polling.record(waited: Self.nanoseconds(ContinuousClock.now - waitStarted))
-                record { polled ? ($0.polledTurns += 1) : ($0.blockingTurns += 1) }
-            }
-            if polled { for queue in queues where isPollable(queue) && queue.hasAvailable { process(queue) } }
+            engine.recordWait(nanoseconds: VhostUserEngine.nanoseconds(ContinuousClock.now - waitStarted), polled: polled)
+            if polled { engine.processPolledQueues() }
             for (token, events) in ready {
                 switch token {
                 case EventLoop.wakeToken:
                     SystemCall.drain(loop.wakeDescriptor.descriptor)
-                    device.loopWoken()
-                case Self.connectionToken:
+                    engine.woken()
+                case PosixHost.connectionToken:
                     let hangup = events & (cvu_epollhup | cvu_epollerr) != 0
-                    if events & cvu_epollout != 0 || hangup { flushOutput() }
-                    if hangup && outputOffset < output.count {
+                    if events & cvu_epollout != 0 || hangup { host.flushOutput() }
+                    if hangup && host.hasUnsentReplies {
                         // The front-end is gone with replies unread: nothing more can be said to it.
-                        disconnectRequested = true
+                        host.connectionFailed = true
                     } else if events & cvu_epollin != 0 || hangup {
-                        readMessages()
+                        host.readMessages()
                     }
                 default:
-                    if token >= Self.watchedTokenBase {
-                        watchedDescriptorReady(token: token)
-                    } else if token >= Self.kickTokenBase, Int(token - Self.kickTokenBase) < queues.count {
-                        kicked(queues[Int(token - Self.kickTokenBase)])
-                    }
+                    engine.ready(token: token)
                 }
-                if disconnectRequested { return .disconnected }
+                if ending() { return .disconnected }
             }
-            releaseWaitingCompletions()
-            // A ring anomaly counts only once the messages already sent are handled (a reset explains it).
-            settleSuspectedRings()
-            if disconnectRequested { return .disconnected }
-            if device.wantsDisconnect {
-                logger.error("closing the connection at the device's request")
-                return .disconnected
-            }
-            // Event buffers and faults: faults raised off the loop wake it (and so a descriptor check).
-            if checkDescriptors {
-                serviceOnDemandQueues()
-                publishAvailableCounts()
-                if let dropped = inputWarnings.takeExpiredSuppressions(at: .now) {
-                    logger.warning("\(dropped) more warnings about guest or front-end input were suppressed")
-                }
-            }
-            if configChangePending.exchange(false, ordering: .acquiringAndReleasing) { sendConfigChange() }
+            engine.finishTurn(checkedDescriptors: checkDescriptors)
+            if ending() { return .disconnected }
         }
     }
 
@@ -109,44 +84,19 @@ extension VhostUserBackend {
     /// true when a ring has work (then the loop does not block, and kicks stay off while it keeps
     /// finding work: turning them on and off per request would cost a fence and a cache line each).
     func pollRings() -> Bool {
-        guard polling.window > 0, queues.contains(where: isPollable) else {
-            resumeKicks()
-            return false
+        guard engine.startPolling() else { return false }
+        let started = ContinuousClock.now
+        let deadline = started + .nanoseconds(Int64(engine.polling.window))
+        // Past yieldAfter, each check is followed by a sched_yield instead of a pause (AdaptivePolling).
+        let yieldFrom = engine.polling.yieldAfter.flatMap { $0 < engine.polling.window ? started + .nanoseconds(Int64($0)) : nil }
+        while true {
+            if engine.polledRingsHaveWork { return true }
+            let now = ContinuousClock.now
+            if now >= deadline { break }
+            if let yieldFrom, now >= yieldFrom { sched_yield() } else { for _ in 0..<4 { cvu_cpu_relax() } }
         }
-        do {
-            for queue in queues where isPollable(queue) && !queue.kicksSuppressed { try queue.setKicks(enabled: false) }
-            let started = ContinuousClock.now
-            let deadline = started + .nanoseconds(Int64(polling.window))
-            // Past yieldAfter, each check is followed by a sched_yield instead of a pause (AdaptivePolling).
-            let yieldFrom = polling.yieldAfter.flatMap { $0 < polling.window ? started + .nanoseconds(Int64($0)) : nil }
-            while true {
-                if queues.contains(where: { isPollable($0) && $0.hasAvailable }) { return true }
-                let now = ContinuousClock.now
-                if now >= deadline { break }
-                if let yieldFrom, now >= yieldFrom { sched_yield() } else { for _ in 0..<4 { cvu_cpu_relax() } }
-            }
-            // Kicks back on before blocking; entries that slipped in meanwhile count as found.
-            var found = false
-            for queue in queues where queue.kicksSuppressed { if try queue.setKicks(enabled: true) { found = true } }
-            return found
-        } catch {
-            resumeKicks()
-            return false  // the kick path meets the same ring error and stops the queue
-        }
-    }
-
-    /// Turns kicks back on wherever polling had turned them off.
-    func resumeKicks() {
-        for queue in queues where queue.kicksSuppressed { _ = try? queue.setKicks(enabled: true) }
-    }
-
-    func isPollable(_ queue: Virtqueue) -> Bool {
-        queue.isRunnable && queue.enabled && queue.isResolved && device.mode(ofQueue: queue.index) == .onKick
-    }
-
-    static func nanoseconds(_ duration: Duration) -> UInt64 {
-        let (seconds, attoseconds) = duration.components
-        return seconds < 0 ? 0 : UInt64(clamping: seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
+        // Kicks back on before blocking; entries that slipped in meanwhile count as found.
+        return engine.stopPolling()
     }
 }
 

@@ -2,14 +2,6 @@ import CVhostUser
 import Glibc
 import SystemPackage
 
-/// Wakes the event loop from any thread: for example when a fault is raised off the loop thread,
-/// or to ask the loop to stop.
-public struct Waker: Sendable {
-    let descriptor: FileDescriptor
-
-    public func wake() { SystemCall.signal(descriptor) }
-}
-
 /// epoll over the descriptors the engine watches. Each registration carries a token.
 final class EventLoop {
     let epoll: OwnedFileDescriptor
@@ -27,7 +19,11 @@ final class EventLoop {
 
     deinit { events.deallocate() }
 
-    var waker: Waker { Waker(descriptor: wakeDescriptor.descriptor) }
+    /// Wakes `wait` from any thread, through the wake eventfd.
+    var waker: Waker {
+        let fd = wakeDescriptor.descriptor
+        return Waker { SystemCall.signal(fd) }
+    }
 
     func add(_ fd: FileDescriptor, token: UInt64, writable: Bool = false) throws(Errno) {
         try SystemCall.epollControl(epoll.descriptor, EPOLL_CTL_ADD, fd, events: events(writable), data: token)

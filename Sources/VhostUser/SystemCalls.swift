@@ -99,7 +99,9 @@ public enum SystemCall {
     }
 
     /// Sends `bytes`, attaching `fds` as SCM_RIGHTS when there are any. Returns bytes sent.
-    public static func send(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, fds: [CInt] = []) throws(Errno) -> Int {
+    /// `nonBlocking`: this send never waits, whatever the socket's own mode (MSG_DONTWAIT).
+    public static func send(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, fds: [CInt] = [],
+                            nonBlocking: Bool = false) throws(Errno) -> Int {
         let controlSize = fds.isEmpty ? 0 : cvu_cmsg_space(fds.count * MemoryLayout<CInt>.size)
         return try withUnsafeTemporaryAllocation(byteCount: max(controlSize, 1), alignment: MemoryLayout<cmsghdr>.alignment) { control throws(Errno) -> Int in
             var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
@@ -118,7 +120,8 @@ public enum SystemCall {
                     let data = UnsafeMutableRawPointer(cvu_cmsg_data(header)!)
                     for (i, fd) in fds.enumerated() { data.storeBytes(of: fd, toByteOffset: i * 4, as: CInt.self) }
                 }
-                return try retrying { Glibc.sendmsg(fd.rawValue, &message, CInt(MSG_NOSIGNAL)) }
+                let flags = CInt(MSG_NOSIGNAL) | (nonBlocking ? CInt(MSG_DONTWAIT) : 0)
+                return try retrying { Glibc.sendmsg(fd.rawValue, &message, flags) }
             }
         }
     }

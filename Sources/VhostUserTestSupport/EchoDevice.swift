@@ -1,11 +1,44 @@
 import Synchronization
 import SystemPackage
 import VhostUser
+import VhostUserEmbedded
 
 /// A small device for engine tests and FuzzMessages. Queue 0 (on kick) answers each request with its bytes reversed;
 /// queue 1 (on demand) delivers queued events. Config: 8 bytes, only byte 0 writable.
 public final class EchoDevice: VhostUserDevice, @unchecked Sendable {
-    public init() {}
+    /// What the device touches outside itself: the size of a file it is given, and the acknowledgement
+    /// eventfd it asks the engine to watch. Posix (real eventfd, fstat) or one embedded host's.
+    public struct Environment: @unchecked Sendable {
+        public var fileSize: (HostDescriptor) -> Int?
+        public var acknowledgement: HostDescriptor
+        public var signal: (HostDescriptor) -> Void
+        public var drain: (HostDescriptor) -> Void
+        /// Keeps the Posix acknowledgement eventfd open for the device's life.
+        var owner: AnyObject?
+
+        public static func posix() -> Environment {
+            let eventFD = PosixDescriptorBox(try! SystemCall.eventFD())
+            return Environment(fileSize: { try? Int(FileDescriptor($0).stat().size) },
+                               acknowledgement: HostDescriptor(eventFD.descriptor),
+                               signal: { SystemCall.signal(FileDescriptor($0)) }, drain: { SystemCall.drain(FileDescriptor($0)) },
+                               owner: eventFD)
+        }
+
+        public static func embedded(_ host: EmbeddedHost) -> Environment {
+            Environment(fileSize: { descriptor in
+                            guard case .memory(let memory) = host.object(descriptor) else { return nil }
+                            return memory.bytes.count
+                        },
+                        acknowledgement: host.open(.event(EmbeddedEvent())),
+                        signal: { host.signal($0) }, drain: { host.drain($0) }, owner: nil)
+        }
+    }
+
+    public let environment: Environment
+
+    public init(_ environment: Environment = .posix()) {
+        self.environment = environment
+    }
 
     public struct State {
         public var resets = 0
@@ -68,8 +101,8 @@ public final class EchoDevice: VhostUserDevice, @unchecked Sendable {
     /// forced completion).
     public static let waitMarker: UInt8 = 0xEE
     /// The eventfd the engine watches for this device; `acknowledge()` signals it.
-    public let acknowledgement = OwnedFileDescriptor(try! SystemCall.eventFD())
-    public var watchedDescriptors: [FileDescriptor] { [acknowledgement.descriptor] }
+    public var acknowledgement: HostDescriptor { environment.acknowledgement }
+    public var watchedDescriptors: [HostDescriptor] { [environment.acknowledgement] }
 
     public func completionMustWait(queue: Int) -> Bool {
         state.withLock { s in
@@ -79,11 +112,11 @@ public final class EchoDevice: VhostUserDevice, @unchecked Sendable {
     }
     public func completionMayProceed(queue: Int) -> Bool { state.withLock { $0.acknowledged } }
     public func completionForced(queue: Int) { state.withLock { $0.forcedCompletions += 1 } }
-    public func watchedDescriptorReady(_ descriptor: FileDescriptor) {
-        SystemCall.drain(descriptor)
+    public func watchedDescriptorReady(_ descriptor: HostDescriptor) {
+        environment.drain(descriptor)
         state.withLock { $0.acknowledged = true }
     }
-    public func acknowledge() { SystemCall.signal(acknowledgement.descriptor) }
+    public func acknowledge() { environment.signal(environment.acknowledgement) }
     public var forcedCompletions: Int { state.withLock { $0.forcedCompletions } }
     public func enableWaits() { state.withLock { $0.waitsEnabled = true } }
 
@@ -107,7 +140,7 @@ public final class EchoDevice: VhostUserDevice, @unchecked Sendable {
         var size: UInt8 = 0
         if descriptors.count > 0 {
             let kept = descriptors.take(0)
-            if let info = try? kept.descriptor.stat() { size = UInt8(truncatingIfNeeded: info.size >> 8) }
+            if let bytes = environment.fileSize(kept.descriptor) { size = UInt8(truncatingIfNeeded: bytes >> 8) }
         }
         return payload.reversed() + [UInt8(descriptors.count), size]
     }
@@ -116,4 +149,11 @@ public final class EchoDevice: VhostUserDevice, @unchecked Sendable {
     public var resets: Int { state.withLock { $0.resets } }
     public var processed: Int { state.withLock { $0.processed } }
     public func post(_ event: [UInt8]) { state.withLock { $0.events.append(event) } }
+}
+
+/// An open Posix descriptor kept by reference (an `Environment` is copyable; the eventfd closes once).
+final class PosixDescriptorBox: @unchecked Sendable {
+    let owned: OwnedFileDescriptor
+    var descriptor: FileDescriptor { owned.descriptor }
+    init(_ descriptor: FileDescriptor) { owned = OwnedFileDescriptor(descriptor) }
 }

@@ -140,14 +140,14 @@ final class FrontendSession {
             return Self.status(for: error).encoded
         }
         guard let bitmap = endpointBitmap else { return FrontendStatus.refused.encoded }
-        let regionFile = descriptors.take(0)
-        let doorbell = descriptors.take(1)
-        let acknowledgement = descriptors.take(2)
+        let regionFile = OwnedFileDescriptor(descriptors.take(0))
+        let doorbell = OwnedFileDescriptor(descriptors.take(1))
+        let acknowledgement = OwnedFileDescriptor(descriptors.take(2))
         let faultRing = hello.capabilities.contains(.faultRing)
         var faultSignal: OwnedFileDescriptor? = nil
         var faultDescriptor: FileDescriptor? = nil
         if faultRing {
-            let owned = descriptors.take(3)
+            let owned = OwnedFileDescriptor(descriptors.take(3))
             faultDescriptor = owned.descriptor
             faultSignal = .some(owned)
         }
@@ -194,7 +194,7 @@ final class FrontendSession {
         do {
             let request = try payload.withUnsafeBytes { bytes throws(FrontendWireError) in try StatePushRequest(decoding: bytes) }
             guard request.epoch == active.writer.epoch else { return FrontendStatus.invalid.encoded }
-            let file = descriptors.take(0)
+            let file = OwnedFileDescriptor(descriptors.take(0))
             let bytes: [UInt8]
             do {
                 bytes = try SharedFileMapping.readSealedFile(file, size: request.snapshotSize, maximumSize: StateSnapshot.maxSize)

@@ -124,14 +124,15 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
 
     func completionForced(queue: Int) { frontend.abandonWait() }
 
-    var watchedDescriptors: [FileDescriptor] {
-        [frontend.acknowledgementDescriptor, frontend.faultDescriptor].compactMap { $0 }
+    var watchedDescriptors: [HostDescriptor] {
+        [frontend.acknowledgementDescriptor, frontend.faultDescriptor].compactMap { $0.map(HostDescriptor.init) }
     }
 
     /// The fault ring's counters, copied after each drain for the control thread's `stats`.
     let frontendFaultCounters = Mutex(FrontendSession.FaultCounters())
 
-    func watchedDescriptorReady(_ descriptor: FileDescriptor) {
+    func watchedDescriptorReady(_ hostDescriptor: HostDescriptor) {
+        let descriptor = FileDescriptor(hostDescriptor)
         SystemCall.drain(descriptor)
         if descriptor == frontend.faultDescriptor {
             // The engine delivers the queued faults into posted event buffers after this call.

@@ -24,6 +24,9 @@ import Testing
 /// and VHOST_IOMMU_DISK_BENCH_VARIANTS to compare more vhost-user configurations in the same run:
 /// `NAME:daemon=PATH,qemu=PATH,args=OPT OPT;NAME2:…` (each key optional; qemu= changes only that
 /// configuration's binary, so give it a binary that differs from the stock one only in the front-end).
+/// VHOST_IOMMU_DISK_BENCH_PIN=`vcpu=0,emulator=1,daemon=1` pins, in every configuration alike, QEMU's vCPU
+/// thread, its other threads (main loop; AIO workers inherit the main loop's mask) and all the daemon's
+/// threads to those CPUs once the guest is up, the layout an operator gives a polling back-end.
 @Suite(.serialized, .enabled(if: GuestFiles.unavailableReason == nil && DiskBenchSettings.rounds != nil,
                              "set VHOST_IOMMU_DISK_BENCH_ROUNDS (scripts/bench-guest --disk)"))
 struct DiskBenchmark: GuestWorkload {
@@ -34,6 +37,12 @@ struct DiskBenchmark: GuestWorkload {
     static let size = min(integer("VHOST_IOMMU_DISK_BENCH_MIB") ?? 64, DiskDMATests.imageSize >> 20) << 20
     static let randomSeconds = integer("VHOST_IOMMU_DISK_BENCH_SECONDS") ?? 3
     static let randomRange = 4 << 20
+    /// CPU lists by role ("vcpu", "emulator", "daemon"), for `taskset -c`.
+    static let pinning: [String: String] = Dictionary(
+        (environment["VHOST_IOMMU_DISK_BENCH_PIN"] ?? "").split(separator: ",").compactMap { pair in
+            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            return parts.count == 2 ? (parts[0], parts[1]) : nil
+        }, uniquingKeysWith: { _, last in last })
     /// Where the disk image lives: tmpfs by default, so that the guest's fdatasync (timed in blk-io's write)
     /// and the host's writeback do not put the host disk's speed into the figures (both devices alike).
     static let imageFolder = environment["VHOST_IOMMU_DISK_BENCH_FOLDER"]
@@ -105,6 +114,7 @@ struct DiskBenchmark: GuestWorkload {
         let rounds = Self.rounds ?? 1
         print("disk-bench: \(rounds) rounds × \(Self.repeats) per boot; image in \(Self.imageFolder); 64 KiB O_DIRECT write and read of \(Self.size >> 20) MiB, "
               + "\(Self.randomSeconds) s random 4 KiB reads over \(Self.randomRange >> 20) MiB; iommu.strict=1, TCG, 1 vCPU; "
+              + (Self.pinning.isEmpty ? "" : "pinned \(Self.pinning.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")); ")
               + configurations.map { "\($0.name) \($0.iommu) \($0.daemonArguments.joined(separator: " ")) \($0.qemu ?? "")" }.joined(separator: "; "))
         // boots[configuration][round]
         var boots = Array(repeating: [Boot](), count: configurations.count)
@@ -178,6 +188,8 @@ struct DiskBenchmark: GuestWorkload {
         let qemuPID = machine.process.processIdentifier
         let daemonPID = daemon?.process.processIdentifier
 
+        try Self.pin(qemu: qemuPID, daemon: daemonPID)
+
         func threads() -> [String: ThreadTime] {
             var all = Self.threadTimes(qemuPID, "qemu")
             if let daemonPID { all.merge(Self.threadTimes(daemonPID, "daemon")) { a, _ in a } }
@@ -208,6 +220,22 @@ struct DiskBenchmark: GuestWorkload {
         #expect(machine.waitForExit() == 0, "QEMU exit\n\(machine.log)")
         if let daemon { #expect(daemon.waitForExit(timeout: .seconds(20)) == 0, "daemon exit\n\(daemon.log)") }
         return boot
+    }
+
+    /// Applies `pinning` with taskset: QEMU's vCPU threads, QEMU's other threads, the daemon's threads.
+    static func pin(qemu: pid_t, daemon: pid_t?) throws {
+        guard !pinning.isEmpty else { return }
+        let taskset = URL(fileURLWithPath: "/usr/bin/taskset")
+        func set(_ cpus: String?, _ options: [String] = [], _ pid: String) throws {
+            guard let cpus else { return }
+            let result = try runCommand(taskset, options + ["-c", "-p", cpus, pid])
+            try #require(result.status == 0, "taskset \(options) \(pid): \(result.errors)")
+        }
+        for task in try FileManager.default.contentsOfDirectory(atPath: "/proc/\(qemu)/task") {
+            let comm = (try? String(contentsOfFile: "/proc/\(qemu)/task/\(task)/comm", encoding: .utf8)) ?? ""
+            try set(comm.hasPrefix("CPU ") ? pinning["vcpu"] : pinning["emulator"], [], task)
+        }
+        if let daemon { try set(pinning["daemon"], ["-a"], "\(daemon)") }
     }
 }
 

@@ -1,5 +1,6 @@
 import Testing
 @testable import VhostUser
+@testable import VhostUserCore
 import VhostUserTestSupport
 
 /// Requests a device defines for itself (ids from 0x10000, QEMU patch 0001's
@@ -40,13 +41,13 @@ import VhostUserTestSupport
         let h = try Harness()
         try h.start()
         try h.frontend.sendRaw(Self.deviceRequest(EchoDevice.echoRequest, [1], needReply: false))
-        #expect(try h.frontend.getFeatures() == h.backend.offeredFeatures)
+        #expect(try h.frontend.getFeatures() == h.backend.engine.offeredFeatures)
         #expect(h.backend.counters.refusedMessages == 1)
 
         let plain = try Harness()
         try plain.start(protocolFeatures: ProtocolFeatures.supported.subtracting(.replyAck))
         try plain.frontend.sendRaw(Self.deviceRequest(EchoDevice.echoRequest, [1]))
-        #expect(try plain.frontend.getFeatures() == plain.backend.offeredFeatures)
+        #expect(try plain.frontend.getFeatures() == plain.backend.engine.offeredFeatures)
         #expect(plain.backend.counters.refusedMessages == 1)
     }
 }

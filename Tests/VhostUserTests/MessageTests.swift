@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import VhostUser
+@testable import VhostUserCore
 import VhostUserTestSupport
 
 /// Every front-end message, well-formed and malformed (vhost-user.rst, "Front-end message types").

@@ -2,6 +2,7 @@ import Glibc
 import Synchronization
 import Testing
 @testable import VhostUser
+@testable import VhostUserCore
 import VhostUserTestSupport
 
 /// Bounded adaptive polling: the window policy on its own (deterministic), then the engine over a

@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import VhostUser
+@testable import VhostUserCore
 import VhostUserTestSupport
 
 /// Split virtqueues driven through a real socket, memfd memory and eventfds (virtio 1.x §2.7;

@@ -1,5 +1,6 @@
 import Testing
 @testable import VhostUser
+@testable import VhostUserCore
 import VhostUserTestSupport
 
 /// Resets and rings that the front-end rewrites (vhost-user.rst, RESET_DEVICE and ring states;

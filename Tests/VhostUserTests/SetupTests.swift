@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import VhostUser
+@testable import VhostUserCore
 import VhostUserTestSupport
 
 /// Memory-table, ring-setup and back-end-channel messages, and the listening socket.

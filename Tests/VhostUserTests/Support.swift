@@ -4,6 +4,7 @@ import Synchronization
 import SystemPackage
 import Testing
 @testable import VhostUser
+@testable import VhostUserCore
 import VhostUserTestSupport
 
 

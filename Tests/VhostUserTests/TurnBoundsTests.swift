@@ -1,5 +1,6 @@
 import Testing
 @testable import VhostUser
+@testable import VhostUserCore
 import VhostUserTestSupport
 
 /// Bounded work per turn (issue 13 §2): however many chains the guest makes available at once, one
@@ -16,7 +17,7 @@ import VhostUserTestSupport
         let used = q.waitForUsed(1000)
         #expect(used.count == 1000)
         #expect(used.map(\.head) == heads, "§2.7.8: chains complete in the order they were made available")
-        #expect(h.device.mostChainsPerCall == VhostUserBackend.lockBatchChains)
+        #expect(h.device.mostChainsPerCall == VhostUserEngine.lockBatchChains)
     }
 
     // §2.7.5.3.1: a driver MUST NOT create a chain longer than the queue size. An indirect table may

@@ -1,5 +1,6 @@
 import Testing
 @testable import VhostUser
+@testable import VhostUserCore
 import VhostUserTestSupport
 
 /// Completions a device keeps back until another process acknowledged the request's effect

@@ -1,5 +1,6 @@
 import Testing
-@testable import VhostUser
+@testable import VhostUserCore
+import VhostUserEmbedded
 
 @Suite struct DecoderTests {
     func message(_ request: FrontendRequest, _ payload: [UInt8], needReply: Bool = false) -> [UInt8] {
@@ -8,7 +9,7 @@ import Testing
     }
 
     func decode(_ stream: [UInt8], cuts: [Int]) throws -> [(UInt32, [UInt8], Bool)] {
-        var decoder = MessageDecoder()
+        var decoder = MessageDecoder(closer: EmbeddedHost())
         var out: [(UInt32, [UInt8], Bool)] = []
         var start = 0
         for cut in cuts + [stream.count] where cut >= start {
@@ -40,7 +41,7 @@ import Testing
 
     // Spec: docs/vhost-user.md "Validation before dispatch": messages are read no further than the one in progress.
     @Test func bytesWantedNeverCrossesAMessage() throws {
-        var decoder = MessageDecoder()
+        var decoder = MessageDecoder(closer: EmbeddedHost())
         #expect(decoder.bytesWanted == 12)
         let m = message(.setFeatures, [1, 2, 3, 4, 5, 6, 7, 8])
         try m[0..<12].withUnsafeBytes { try decoder.feed($0) { _ in Issue.record("too early") } }
@@ -55,12 +56,12 @@ import Testing
         let unknownBit = MessageHeader(request: 1, flags: 0x11, size: 0).bytes
         let huge = MessageHeader(request: 1, flags: 0x1, size: 0xffff_ffff).bytes
         for bytes in [badVersion, replyBit, unknownBit] {
-            var decoder = MessageDecoder()
+            var decoder = MessageDecoder(closer: EmbeddedHost())
             #expect(throws: ProtocolError.badFlags(bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) })) {
                 try bytes.withUnsafeBytes { try decoder.feed($0) { _ in } }
             }
         }
-        var decoder = MessageDecoder()
+        var decoder = MessageDecoder(closer: EmbeddedHost())
         #expect(throws: ProtocolError.payloadTooLarge(0xffff_ffff)) { try huge.withUnsafeBytes { try decoder.feed($0) { _ in } } }
     }
 

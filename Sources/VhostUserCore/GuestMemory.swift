@@ -1,57 +1,41 @@
-import Glibc
-import SystemPackage
-
-/// One region of guest memory, mapped from the descriptor the front-end passed.
+/// One region of guest memory, mapped by the host from the descriptor the front-end passed.
 /// Unmapped when the last reference goes, so a region removed while a ring still points into it
 /// stays valid until the ring's pointers are refreshed.
-public final class MemoryRegion: @unchecked Sendable {
+public final class MemoryRegion: Sendable {
     public let guestPhysicalAddress: UInt64
     public let size: UInt64
     public let userAddress: UInt64
     public let mmapOffset: UInt64
-    /// Start of the region's bytes in our address space.
-    let base: UnsafeMutableRawPointer
-    private let mapping: UnsafeMutableRawPointer
-    private let mappingLength: Int
+    /// The host's mapping; the region's bytes live as long as it does.
+    private let mapping: any MemoryMapping
 
-    /// Maps `size` bytes of `fd` at `mmapOffset`. The descriptor is closed afterwards (the mapping keeps the memory).
-    init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64,
-         descriptor: consuming OwnedFileDescriptor) throws(MemoryError) {
+    /// Start of the region's bytes in our address space.
+    var base: UnsafeMutableRawPointer { mapping.bytes.baseAddress! }
+
+    /// Maps `size` bytes of `descriptor` at `mmapOffset` through `host`; the descriptor is closed
+    /// afterwards (the mapping keeps the memory).
+    public init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64,
+                descriptor: consuming OwnedDescriptor, host: any VhostUserHost) throws(MemoryError) {
         guard size > 0, size <= UInt64(Int.max / 2),
               !guestPhysicalAddress.addingReportingOverflow(size - 1).overflow,
               !userAddress.addingReportingOverflow(size - 1).overflow,
               mmapOffset <= UInt64(Int.max / 2) else { throw .invalidRegion }
-        // A mapping larger than its file would raise SIGBUS on access: the region must fit the file.
-        guard let info = try? descriptor.descriptor.stat() else { throw .invalidRegion }
-        if info.type == .regular {
-            let (end, overflow) = mmapOffset.addingReportingOverflow(size)
-            guard !overflow, info.size >= 0, end <= UInt64(info.size) else { throw .invalidRegion }
-        }
-        let page = UInt64(SystemCall.pageSize())
-        let alignedOffset = mmapOffset & ~(page - 1)
-        let slack = Int(mmapOffset - alignedOffset)
-        let length = Int(size) + slack
-        do {
-            mapping = try SystemCall.mapShared(descriptor.descriptor, length: length, offset: Int(alignedOffset))
-        } catch {
-            throw .mapFailed(error)
-        }
-        mappingLength = length
-        base = mapping + slack
+        let mapping = try host.map(descriptor.descriptor, size: size, offset: mmapOffset)
+        guard mapping.bytes.count >= Int(size), mapping.bytes.baseAddress != nil else { throw .invalidRegion }
+        self.mapping = mapping
         self.guestPhysicalAddress = guestPhysicalAddress
         self.size = size
         self.userAddress = userAddress
         self.mmapOffset = mmapOffset
     }
-
-    deinit { munmap(mapping, mappingLength) }
 }
 
 public enum MemoryError: Error, Hashable {
     case invalidRegion
     case overlappingRegion
     case tooManyRegions
-    case mapFailed(Errno)
+    /// The host could not map it (its reason: an errno in the Posix layer).
+    case mapFailed(String)
 }
 
 /// The guest's memory table: guest-physical and front-end user addresses → our pointers.
@@ -99,7 +83,7 @@ public struct GuestMemory: Sendable {
 
     public var isEmpty: Bool { regions.isEmpty }
 
-    mutating func add(_ region: MemoryRegion) throws(MemoryError) {
+    public mutating func add(_ region: MemoryRegion) throws(MemoryError) {
         guard regions.count < maxRegions else { throw .tooManyRegions }
         let last = region.guestPhysicalAddress + (region.size - 1)
         for existing in regions {

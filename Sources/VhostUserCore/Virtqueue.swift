@@ -1,6 +1,3 @@
-import CVhostUser
-import SystemPackage
-
 /// Why a descriptor chain was refused. The chain is completed with used length 0 and the queue goes on.
 public enum ChainError: Error, Hashable, Sendable {
     case indexOutOfRange
@@ -70,9 +67,9 @@ final class Virtqueue {
     var enabled = false
     private(set) var ringError: RingError?
 
-    var kick: OwnedFileDescriptor?
-    var call: OwnedFileDescriptor?
-    var error: OwnedFileDescriptor?
+    var kick: OwnedDescriptor?
+    var call: OwnedDescriptor?
+    var error: OwnedDescriptor?
 
     var eventIndex = false
     /// Whether the ring currently tells the driver not to kick (the loop is polling it).
@@ -128,10 +125,10 @@ final class Virtqueue {
         used = nil
     }
 
-    func markBroken(_ error: RingError) {
+    func markBroken(_ error: RingError, host: any VhostUserHost) {
         ringError = error
         unresolve()
-        if let fd = self.error?.descriptor { SystemCall.signal(fd) }
+        if let fd = self.error?.descriptor { host.signal(fd) }
     }
 
     /// Resolves the ring addresses through the memory table (again after any table change).
@@ -156,11 +153,11 @@ final class Virtqueue {
         if restartsFresh {
             restartsFresh = false
             usedIndex = lastAvailIndex
-            cvu_store_relaxed_u16(used, 0)  // used.flags: kicks wanted
-            cvu_store_relaxed_u16(used + 4 + 8 * size, lastAvailIndex.littleEndian)  // avail_event
-            cvu_store_release_u16(used + 2, usedIndex.littleEndian)
+            RingAtomics.storeRelaxed(used, 0)  // used.flags: kicks wanted
+            RingAtomics.storeRelaxed(used + 4 + 8 * size, lastAvailIndex.littleEndian)  // avail_event
+            RingAtomics.storeRelease(used + 2, usedIndex.littleEndian)
         } else {
-            usedIndex = UInt16(littleEndian: cvu_load_relaxed_u16(used + 2))
+            usedIndex = UInt16(littleEndian: RingAtomics.loadRelaxed(used + 2))
         }
         publishedUsedIndex = usedIndex
     }
@@ -168,7 +165,7 @@ final class Virtqueue {
     /// Chains the driver has made available and we have not consumed.
     func pendingCount() throws(RingError) -> Int {
         guard let avail else { return 0 }
-        let availIndex = UInt16(littleEndian: cvu_load_acquire_u16(avail + 2))
+        let availIndex = UInt16(littleEndian: RingAtomics.loadAcquire(avail + 2))
         let pending = availIndex &- lastAvailIndex
         guard Int(pending) <= size else { throw .availIndexJumped(by: pending) }
         return Int(pending)
@@ -270,7 +267,7 @@ final class Virtqueue {
     func publishUsed() {
         guard let used, usedIndex != publishedUsedIndex else { return }
         publishedUsedIndex = usedIndex
-        cvu_store_release_u16(used + 2, usedIndex.littleEndian)
+        RingAtomics.storeRelease(used + 2, usedIndex.littleEndian)
     }
 
     func countBadChain() { badChains += 1 }
@@ -278,13 +275,13 @@ final class Virtqueue {
     /// Whether the driver wants an interrupt for the used entries since `previousUsedIndex`.
     func needsNotification(since previousUsedIndex: UInt16) -> Bool {
         guard let avail, usedIndex != previousUsedIndex else { return false }
-        cvu_full_fence()
+        RingAtomics.fullFence()
         if eventIndex {
-            let usedEvent = UInt16(littleEndian: cvu_load_relaxed_u16(avail + 4 + 2 * size))
+            let usedEvent = UInt16(littleEndian: RingAtomics.loadRelaxed(avail + 4 + 2 * size))
             // virtio 1.x §2.7.10: notify when used.idx passes used_event.
             return usedIndex &- usedEvent &- 1 < usedIndex &- previousUsedIndex
         }
-        return UInt16(littleEndian: cvu_load_relaxed_u16(avail)) & Self.availNoInterrupt == 0
+        return UInt16(littleEndian: RingAtomics.loadRelaxed(avail)) & Self.availNoInterrupt == 0
     }
 
     /// With EVENT_IDX, asks for a kick at the next avail entry; returns true if more arrived meanwhile.
@@ -292,11 +289,11 @@ final class Virtqueue {
     func armKick() throws(RingError) -> Bool {
         guard eventIndex, let used else { return try pendingCount() > 0 }
         if kicksSuppressed {
-            cvu_store_relaxed_u16(used + 4 + 8 * size, (lastAvailIndex &- 1).littleEndian)  // kept one behind
+            RingAtomics.storeRelaxed(used + 4 + 8 * size, (lastAvailIndex &- 1).littleEndian)  // kept one behind
             return try pendingCount() > 0
         }
-        cvu_store_relaxed_u16(used + 4 + 8 * size, lastAvailIndex.littleEndian)
-        cvu_full_fence()
+        RingAtomics.storeRelaxed(used + 4 + 8 * size, lastAvailIndex.littleEndian)
+        RingAtomics.fullFence()
         return try pendingCount() > 0
     }
 
@@ -309,22 +306,22 @@ final class Virtqueue {
         guard let used else { return false }
         if eventIndex {
             let event = enabled ? lastAvailIndex : lastAvailIndex &- 1
-            cvu_store_relaxed_u16(used + 4 + 8 * size, event.littleEndian)
+            RingAtomics.storeRelaxed(used + 4 + 8 * size, event.littleEndian)
         } else {
-            cvu_store_relaxed_u16(used, (enabled ? 0 : Self.usedNoNotify).littleEndian)
+            RingAtomics.storeRelaxed(used, (enabled ? 0 : Self.usedNoNotify).littleEndian)
         }
         guard enabled else { return false }
-        cvu_full_fence()
+        RingAtomics.fullFence()
         return try pendingCount() > 0
     }
 
     /// Whether entries are available, for polling (an acquire load of avail.idx; no validation).
     var hasAvailable: Bool {
         guard let avail else { return false }
-        return UInt16(littleEndian: cvu_load_acquire_u16(avail + 2)) != lastAvailIndex
+        return UInt16(littleEndian: RingAtomics.loadAcquire(avail + 2)) != lastAvailIndex
     }
 
-    func notify() {
-        if let fd = call?.descriptor { SystemCall.signal(fd) }
+    func notify(host: any VhostUserHost) {
+        if let fd = call?.descriptor { host.signal(fd) }
     }
 }

@@ -1,8 +1,6 @@
-import SystemPackage
-
 /// Completions a device keeps back (`VhostUserDevice.completionMustWait`), and the descriptors the
 /// loop watches for it so that it learns when they may go.
-extension VhostUserBackend {
+extension VhostUserEngine {
     /// Publishes every waiting completion the device now lets go, then carries on with its ring.
     func releaseWaitingCompletions() {
         for queue in queues where queue.waitingCompletion != nil && device.completionMayProceed(queue: queue.index) {
@@ -18,28 +16,22 @@ extension VhostUserBackend {
         let previous = queue.usedIndex
         queue.pushUsed(head: head, length: length)
         queue.publishUsed()
-        if queue.needsNotification(since: previous) { queue.notify() }
+        if queue.needsNotification(since: previous) { queue.notify(host: host) }
     }
 
     /// Brings the loop's watch list in line with the device's `watchedDescriptors`. Everything is
     /// registered anew (this runs only after device requests and resets): a descriptor number the device
     /// closed and reused must not be taken for the one epoll already dropped.
     func watchDeviceDescriptors() {
-        for fd in watched { loop.remove(fd) }
+        for fd in watched { host.unwatch(fd) }
         watched = []
         for fd in device.watchedDescriptors {
             do {
-                try loop.add(fd, token: Self.watchedTokenBase + UInt64(watched.count))
+                try host.watch(fd, token: Self.watchedTokenBase + UInt64(watched.count))
                 watched.append(fd)
             } catch {
-                logger.error("cannot watch the device's descriptor \(fd.rawValue): \(error)")
+                logger.error("cannot watch the device's descriptor \(fd): \(error)")
             }
         }
-    }
-
-    func watchedDescriptorReady(token: UInt64) {
-        let index = Int(token - Self.watchedTokenBase)
-        guard index < watched.count else { return }
-        device.watchedDescriptorReady(watched[index])
     }
 }

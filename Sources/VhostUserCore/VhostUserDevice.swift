@@ -1,5 +1,3 @@
-import SystemPackage
-
 /// The device-readable and device-writable parts of one chain, as views into guest memory that are
 /// valid for the duration of the call.
 public typealias ChainReadable = UnsafeBufferPointer<UnsafeRawBufferPointer>
@@ -43,7 +41,7 @@ public protocol VhostUserDevice: AnyObject {
     /// keeps it for work it queues for the loop thread). Called once, from the engine's initialiser.
     /// Default: nothing.
     func served(waker: Waker)
-    /// The loop's wake eventfd fired (another thread asked for the loop: `VhostUserBackend.waker`); the
+    /// The loop's wake eventfd fired (another thread asked for the loop: `VhostUserEngine.waker`); the
     /// device runs what it queued for the loop thread. Default: nothing.
     func loopWoken()
     /// The front-end connection ended (before the reset that follows): whatever the device set up with
@@ -74,9 +72,9 @@ public protocol VhostUserDevice: AnyObject {
     func completionForced(queue: Int)
     /// Descriptors the engine watches for the device (for example an acknowledgement eventfd); read again
     /// after every device request, reset and disconnect. Default: none.
-    var watchedDescriptors: [FileDescriptor] { get }
+    var watchedDescriptors: [HostDescriptor] { get }
     /// One of `watchedDescriptors` is readable; the device consumes what made it so.
-    func watchedDescriptorReady(_ descriptor: FileDescriptor)
+    func watchedDescriptorReady(_ descriptor: HostDescriptor)
 }
 
 /// Requests a device defines for itself, outside the ids vhost-user.rst assigns.
@@ -97,8 +95,8 @@ extension VhostUserDevice {
     public func completionMustWait(queue: Int) -> Bool { false }
     public func completionMayProceed(queue: Int) -> Bool { true }
     public func completionForced(queue: Int) {}
-    public var watchedDescriptors: [FileDescriptor] { [] }
-    public func watchedDescriptorReady(_ descriptor: FileDescriptor) {}
+    public var watchedDescriptors: [HostDescriptor] { [] }
+    public func watchedDescriptorReady(_ descriptor: HostDescriptor) {}
 
     public func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
         drain { readable, writable in process(queue: queue, readable: readable, writable: writable) }

@@ -1,11 +1,13 @@
-import Glibc
-import SystemPackage
-
 /// Front-end message handling: validation before dispatch, then one handler per message type.
-extension VhostUserBackend {
+extension VhostUserEngine {
     /// Messages whose reply carries a body; on failure they still get a reply, with an empty payload.
     static let repliesWithBody: Set<FrontendRequest> = [.getFeatures, .getProtocolFeatures, .getVringBase,
                                                         .getQueueNum, .getConfig, .getMaxMemSlots, .getStatus]
+
+    /// Replies go to the host whole (header and payload), in the order of the messages.
+    func send(_ header: MessageHeader, _ payload: [UInt8]) {
+        host.sendToFrontend(header.bytes + payload)
+    }
 
     func handle(_ message: consuming Message) {
         record { $0.messages += 1 }
@@ -181,12 +183,12 @@ extension VhostUserBackend {
             switch request {
             case .setVringKick:
                 guard !noDescriptor else { throw .unsupported(request) }  // polling mode is not implemented
-                if let old = queue.kick?.descriptor { loop.remove(old) }
+                if let old = queue.kick?.descriptor { host.unwatch(old) }
                 let kick = message.descriptors.take(0)
                 do {
-                    try loop.add(kick.descriptor, token: Self.kickTokenBase + UInt64(queue.index))
+                    try host.watch(kick.descriptor, token: Self.kickTokenBase + UInt64(queue.index))
                 } catch {
-                    throw .system(request, "epoll: \(error)")
+                    throw .system(request, "watching the kick: \(error)")
                 }
                 queue.kick = consume kick
             case .setVringCall:
@@ -219,9 +221,7 @@ extension VhostUserBackend {
         case .getStatus:
             return Self.u64Payload(UInt64(deviceStatus))
         case .setBackendReqFD:
-            let channel = message.descriptors.take(0)
-            try? SystemCall.setNonBlocking(channel.descriptor)
-            backendChannel = consume channel
+            backendChannel = message.descriptors.take(0)
         default:
             throw .unsupported(request)
         }
@@ -246,7 +246,7 @@ extension VhostUserBackend {
         do {
             return try MemoryRegion(guestPhysicalAddress: message.u64(at: payloadOffset), size: message.u64(at: payloadOffset + 8),
                                     userAddress: message.u64(at: payloadOffset + 16), mmapOffset: message.u64(at: payloadOffset + 24),
-                                    descriptor: fd)
+                                    descriptor: fd, host: host)
         } catch {
             throw .invalidArgument(request, "memory region: \(error)")
         }
@@ -287,7 +287,7 @@ extension VhostUserBackend {
         // A ring stopped while polling had kicks off would leave the resumed driver never kicking.
         if queue.kicksSuppressed { _ = try? queue.setKicks(enabled: true) }
         queue.started = false
-        if let kick = queue.kick?.descriptor { loop.remove(kick) }
+        if let kick = queue.kick?.descriptor { host.unwatch(kick) }
         queue.kick = nil
         queue.unresolve()
         queue.lastStoppedBase = queue.lastAvailIndex

@@ -1,17 +1,11 @@
-import CVhostUser
-import Glibc
-import Logging
-import Synchronization
-import SystemPackage
-
 /// The rings: kicks, starting a ring, ring errors (suspected until the front-end's messages are handled),
 /// turns of chains handed to the device, event queues served on demand, and counts for other threads.
-extension VhostUserBackend {
+extension VhostUserEngine {
     // MARK: Queues
 
     func kicked(_ queue: Virtqueue) {
         guard let kick = queue.kick?.descriptor else { return }
-        SystemCall.drain(kick)
+        host.drain(kick)
         if !queue.started { start(queue) }
         process(queue)
     }
@@ -38,7 +32,7 @@ extension VhostUserBackend {
     /// that made it so has been handled, so there is nothing to wait for; it stops now.
     func ringUnusable(_ queue: Virtqueue, _ error: RingError) {
         record { $0.ringErrors += 1 }  // counted before the error eventfd tells anyone
-        queue.markBroken(error)
+        queue.markBroken(error, host: host)
         warnAboutInput("queue \(queue.index) stopped until reset: \(error)")
     }
 
@@ -47,9 +41,7 @@ extension VhostUserBackend {
     /// socket is not read; the queues stay suspended until a later turn gets through.
     func settleSuspectedRings() {
         guard queues.contains(where: { $0.suspectedError != nil }) else { return }
-        if connection != nil {
-            guard readMessages() else { return }
-        }
+        guard host.receiveWaitingMessages() else { return }
         for queue in queues {
             guard let (error, generation) = queue.suspectedError else { continue }
             queue.suspectedError = nil
@@ -123,7 +115,7 @@ extension VhostUserBackend {
             }
         }
 
-        let turnStarted = ContinuousClock.now
+        let turnStarted = host.now
         while true {
             if onDemand {
                 // Per chain: `hasPendingWork` asks the device between chains.
@@ -132,9 +124,9 @@ extension VhostUserBackend {
                 device.processChains(queue: queue.index, drainBatch)
             }
             if turnOver || ringError != nil { break }
-            if handled >= Self.chainBudget || ContinuousClock.now - turnStarted >= Self.turnTimeLimit {
+            if handled >= Self.chainBudget || host.now - turnStarted >= Self.turnTimeLimit {
                 // Let the socket and other queues run; come back through our own kick.
-                if let kick = queue.kick?.descriptor { SystemCall.signal(kick) }
+                if let kick = queue.kick?.descriptor { host.signal(kick) }
                 break
             }
         }
@@ -142,7 +134,7 @@ extension VhostUserBackend {
             ringFailed(queue, ringError)
             return
         }
-        if queue.needsNotification(since: previousUsed) { queue.notify() }
+        if queue.needsNotification(since: previousUsed) { queue.notify(host: host) }
     }
 
     func serviceOnDemandQueues() {

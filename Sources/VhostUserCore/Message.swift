@@ -2,7 +2,7 @@
 public struct Message: ~Copyable {
     public let header: MessageHeader
     public let payload: [UInt8]
-    var descriptors: ReceivedDescriptors
+    public internal(set) var descriptors: ReceivedDescriptors
 
     public var request: FrontendRequest? { FrontendRequest(rawValue: header.request) }
 
@@ -65,10 +65,13 @@ public struct MessageDecoder {
     private var headerBytes: [UInt8] = []
     private var header: MessageHeader?
     private var payload: [UInt8] = []
-    private var pendingDescriptors: [CInt] = []
+    private var pendingDescriptors: [Int32] = []
+    /// Closes the descriptors no handler claims.
+    private let closer: any DescriptorCloser
 
-    public init(maxPayloadSize: Int = MessageDecoder.defaultMaxPayloadSize) {
+    public init(maxPayloadSize: Int = MessageDecoder.defaultMaxPayloadSize, closer: any DescriptorCloser) {
         self.maxPayloadSize = max(maxPayloadSize, Self.minimumMaxPayloadSize)
+        self.closer = closer
     }
 
     /// Bytes still needed to complete the current header or payload.
@@ -81,7 +84,7 @@ public struct MessageDecoder {
     public var isMidMessage: Bool { header != nil || !headerBytes.isEmpty }
 
     /// Feeds bytes (and the descriptors that came with them); calls `body` for each complete message.
-    public mutating func feed(_ bytes: UnsafeRawBufferPointer, descriptors: [CInt] = [],
+    public mutating func feed(_ bytes: UnsafeRawBufferPointer, descriptors: [Int32] = [],
                               _ body: (consuming Message) throws(ProtocolError) -> Void) throws(ProtocolError) {
         pendingDescriptors.append(contentsOf: descriptors)
         var offset = 0
@@ -105,7 +108,7 @@ public struct MessageDecoder {
                 payload.append(contentsOf: chunk)
             }
             if let complete = header, payload.count == Int(complete.size) {
-                let message = Message(header: complete, payload: payload, descriptors: ReceivedDescriptors(pendingDescriptors))
+                let message = Message(header: complete, payload: payload, descriptors: ReceivedDescriptors(pendingDescriptors, closer: closer))
                 header = nil
                 payload = []
                 pendingDescriptors = []
@@ -116,7 +119,7 @@ public struct MessageDecoder {
 
     /// Closes descriptors of an unfinished message (on disconnect).
     public mutating func discard() {
-        _ = ReceivedDescriptors(pendingDescriptors)
+        _ = ReceivedDescriptors(pendingDescriptors, closer: closer)
         pendingDescriptors = []
         header = nil
         headerBytes = []
