@@ -32,9 +32,9 @@ public final class DriverQueue: @unchecked Sendable {
     public let descriptorTable: UInt64
     public let availRing: UInt64
     public let usedRing: UInt64
-    public let kick: OwnedFileDescriptor
-    public let call: OwnedFileDescriptor
-    public let errorDescriptor: OwnedFileDescriptor
+    public let kick: Doorbell
+    public let call: Doorbell
+    public let errorDescriptor: Doorbell
 
     public private(set) var availIndex: UInt16 = 0
     public private(set) var lastSeenUsed: UInt16 = 0
@@ -53,9 +53,9 @@ public final class DriverQueue: @unchecked Sendable {
         memory.pointer(descriptorTable).initializeMemory(as: UInt8.self, repeating: 0, count: 16 * size)
         memory.pointer(availRing).initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 2 * size)
         memory.pointer(usedRing).initializeMemory(as: UInt8.self, repeating: 0, count: 6 + 8 * size)
-        kick = OwnedFileDescriptor(try SystemCall.eventFD())
-        call = OwnedFileDescriptor(try SystemCall.eventFD())
-        errorDescriptor = OwnedFileDescriptor(try SystemCall.eventFD())
+        kick = try Doorbell(side: memory.side)
+        call = try Doorbell(side: memory.side)
+        errorDescriptor = try Doorbell(side: memory.side)
         freeHeads = (0..<UInt16(size)).reversed().map { $0 }
     }
 
@@ -171,7 +171,14 @@ public final class DriverQueue: @unchecked Sendable {
     public var usedFlags: UInt16 { UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing))) }
     public var usedIndex: UInt16 { UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing + 2))) }
 
-    public func kickNow() { SystemCall.signal(kick.descriptor) }
+    public func kickNow() { kick.signal() }
+
+    /// Whether the ring asks the driver to kick for the next entry it adds (§2.7.10), every entry so far
+    /// consumed: with EVENT_IDX avail_event is avail.idx (one behind: no new index passes it), otherwise
+    /// VIRTQ_USED_F_NO_NOTIFY is clear.
+    public func kicksWanted(eventIndex: Bool) -> Bool {
+        eventIndex ? availEvent == availIndex : usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
+    }
 
     /// Whether the device asks for a kick now that avail.idx moved on from `previous` (virtio 1.4
     /// §2.7.10, what Linux's virtqueue_kick_prepare checks): with VIRTIO_F_EVENT_IDX when the new
@@ -186,9 +193,10 @@ public final class DriverQueue: @unchecked Sendable {
     /// kick, on its loop thread); false if the kick is still unread after `timeout`. A message sent after
     /// this returns is handled only once that kick's turn of the ring is over.
     public func waitForKickConsumed(timeout: Duration = .seconds(5)) -> Bool {
+        memory.side.settle()
         let deadline = ContinuousClock.now + timeout
         while true {
-            if !SystemCall.isReadable(kick.descriptor, within: 0) { return true }
+            if !kick.isSignalled { return true }
             if ContinuousClock.now >= deadline { return false }
             usleep(50)
         }
@@ -234,6 +242,10 @@ public final class DriverQueue: @unchecked Sendable {
     /// With `spinning`, it never sleeps (as the driver does; for benchmarks); otherwise it naps 50 µs
     /// between polls after the first thousand, to leave the CPU to the back-end in tests.
     public func waitForUsed(_ count: Int, timeout: Duration = .seconds(5), spinning: Bool = false) -> [Used] {
+        if case .embedded = memory.side {
+            memory.side.settle()
+            return collectUsed()
+        }
         var result: [Used] = []
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
@@ -255,30 +267,14 @@ public final class DriverQueue: @unchecked Sendable {
     /// publishes used.idx before it signals, so right after a used entry appears this may still be
     /// false: a test that expects a call uses `waitForCall`, and one that expects none first ends the
     /// back-end's turn with a message round trip (see `TestFrontend.sync`).
-    public func wasCalled() -> Bool { SystemCall.drain(call.descriptor) > 0 }
+    public func wasCalled() -> Bool { call.drain() > 0 }
 
     /// Waits (poll(2) on the call eventfd, no sleeping) until the back-end signals it or `timeout`
     /// passes; true if it was signalled (the signal is consumed).
-    public func waitForCall(timeout: Duration = .seconds(5)) -> Bool {
-        Self.waitForSignal(call, timeout: timeout)
-    }
+    public func waitForCall(timeout: Duration = .seconds(5)) -> Bool { call.waitForSignal(timeout: timeout) }
 
     /// Waits until the back-end signals the error eventfd or `timeout` passes (the signal is consumed).
-    public func waitForError(timeout: Duration = .seconds(5)) -> Bool {
-        Self.waitForSignal(errorDescriptor, timeout: timeout)
-    }
+    public func waitForError(timeout: Duration = .seconds(5)) -> Bool { errorDescriptor.waitForSignal(timeout: timeout) }
 
-    public func errorSignalled() -> Bool { SystemCall.drain(errorDescriptor.descriptor) > 0 }
-
-    private static func waitForSignal(_ eventFD: borrowing OwnedFileDescriptor, timeout: Duration) -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            if SystemCall.drain(eventFD.descriptor) > 0 { return true }
-            let remaining = deadline - ContinuousClock.now
-            guard remaining > .zero else { return false }
-            let (seconds, attoseconds) = remaining.components
-            let milliseconds = Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
-            _ = SystemCall.isReadable(eventFD.descriptor, within: max(1, milliseconds))  // EINTR or a timeout: the loop re-checks
-        }
-    }
+    public func errorSignalled() -> Bool { errorDescriptor.drain() > 0 }
 }

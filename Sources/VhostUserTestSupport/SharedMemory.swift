@@ -2,26 +2,40 @@ import CVhostUser
 import Glibc
 import SystemPackage
 import VhostUser
+import VhostUserEmbedded
 
-/// Guest RAM for tests: a memfd mapped into this process and shared with the back-end, with a
-/// bump allocator for rings and buffers. Its user address (what the front-end reports in memory
-/// tables and vring addresses) is the real address of the mapping here.
+/// Guest RAM for tests, with a bump allocator for rings and buffers: a memfd mapped into this process
+/// and shared with the back-end (Posix), or the embedded host's memory. Its user address (what the
+/// front-end reports in memory tables and vring addresses) is the real address of the bytes here.
 public final class SharedMemory: @unchecked Sendable {
     public let guestPhysicalAddress: UInt64
     public let size: Int
-    public let descriptor: OwnedFileDescriptor
+    public let side: TestBackendSide
+    public let descriptor: TestDescriptor
     public let base: UnsafeMutableRawPointer
+    /// The embedded host's memory (kept alive here); nil for a memfd.
+    private let embeddedMemory: EmbeddedMemory?
     private var next = 0
 
-    public init(size: Int, guestPhysicalAddress: UInt64 = 0x1_0000_0000) throws {
+    public init(size: Int, guestPhysicalAddress: UInt64 = 0x1_0000_0000, side: TestBackendSide = .posix) throws {
         self.size = size
         self.guestPhysicalAddress = guestPhysicalAddress
-        let fd = try SystemCall.memfd(name: "test-guest-ram", size: size)
-        descriptor = OwnedFileDescriptor(fd)
-        base = try SystemCall.mapShared(fd, length: size, offset: 0)
+        self.side = side
+        switch side {
+        case .posix:
+            let fd = try SystemCall.memfd(name: "test-guest-ram", size: size)
+            descriptor = TestDescriptor(posix: fd)
+            base = try SystemCall.mapShared(fd, length: size, offset: 0)
+            embeddedMemory = nil
+        case .embedded(let driver):
+            let memory = EmbeddedMemory(size: size)
+            descriptor = TestDescriptor(embedded: driver.host.open(.memory(memory)))
+            base = memory.bytes.baseAddress!
+            embeddedMemory = memory
+        }
     }
 
-    deinit { munmap(base, size) }
+    deinit { if embeddedMemory == nil { munmap(base, size) } }
 
     public var userAddress: UInt64 { UInt64(UInt(bitPattern: base)) }
 

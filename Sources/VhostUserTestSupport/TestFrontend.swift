@@ -2,6 +2,7 @@ import CVhostUser
 import Glibc
 import SystemPackage
 import VhostUser
+import VhostUserEmbedded
 
 public enum FrontendError: Error, Hashable {
     case timedOut
@@ -10,17 +11,31 @@ public enum FrontendError: Error, Hashable {
     case system(Errno)
 }
 
-/// A vhost-user front-end for tests and benchmarks, in the spirit of rust-vmm's `Frontend`:
-/// it speaks the protocol over a real socket, in QEMU's message order.
+/// A vhost-user front-end for tests and benchmarks, in the spirit of rust-vmm's `Frontend`: it speaks
+/// the protocol in QEMU's message order, over a real socket or into the embedded driver (whose engine
+/// a read of a reply runs until the reply is there; descriptors are then the embedded host's numbers).
 public final class TestFrontend: @unchecked Sendable {
-    public let socket: OwnedFileDescriptor
+    private let socket: OwnedFileDescriptor?
+    private let socketFD: FileDescriptor?
+    private let embedded: EmbeddedVhostUser?
     public var replyTimeout: Duration = .seconds(5)
     /// Whether REPLY_ACK was negotiated (then messages QEMU acks carry NEED_REPLY).
     public private(set) var replyAck = false
 
     public init(socket: consuming OwnedFileDescriptor) {
-        self.socket = socket
+        socketFD = socket.descriptor
+        self.socket = .some(socket)
+        embedded = nil
     }
+
+    public init(embedded: EmbeddedVhostUser) {
+        socket = nil
+        socketFD = nil
+        self.embedded = embedded
+    }
+
+    /// The socket (Posix front-ends only).
+    public var socketDescriptor: FileDescriptor { socketFD! }
 
     public convenience init(connectingTo path: String) throws {
         let fd = try SystemCall.socket(AF_UNIX, CInt(SOCK_STREAM.rawValue))
@@ -38,10 +53,16 @@ public final class TestFrontend: @unchecked Sendable {
     // MARK: Raw messages
 
     public func sendRaw(_ bytes: [UInt8], fds: [CInt] = []) throws {
+        if let embedded {
+            guard embedded.isConnected else { throw FrontendError.closed }
+            embedded.sendRaw(bytes, descriptors: fds.map { HostDescriptor(rawValue: $0) })
+            return
+        }
+        let socket = socketDescriptor
         var offset = 0
         while offset < bytes.count {
             let n = try bytes.withUnsafeBytes { b in
-                try SystemCall.send(socket.descriptor, UnsafeRawBufferPointer(rebasing: b[offset...]), fds: offset == 0 ? fds : [])
+                try SystemCall.send(socket, UnsafeRawBufferPointer(rebasing: b[offset...]), fds: offset == 0 ? fds : [])
             }
             offset += n
         }
@@ -53,6 +74,13 @@ public final class TestFrontend: @unchecked Sendable {
     }
 
     private func readExactly(_ count: Int) throws -> [UInt8] {
+        if let embedded {
+            // Turns until the bytes are there; a turn that finds nothing to do cannot bring them.
+            while embedded.host.outbound.count < count && embedded.isConnected && embedded.step() {}
+            guard embedded.host.outbound.count >= count else { throw embedded.isConnected ? FrontendError.timedOut : FrontendError.closed }
+            return embedded.readOutbound(count)
+        }
+        let socket = socketDescriptor
         var out = [UInt8](repeating: 0, count: count)
         var got = 0
         let deadline = ContinuousClock.now + replyTimeout
@@ -60,10 +88,10 @@ public final class TestFrontend: @unchecked Sendable {
             let remaining = deadline - ContinuousClock.now
             guard remaining > .zero else { throw FrontendError.timedOut }
             let ms = Int32(max(1, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
-            guard SystemCall.isReadable(socket.descriptor, within: ms) else { throw FrontendError.timedOut }
+            guard SystemCall.isReadable(socket, within: ms) else { throw FrontendError.timedOut }
             var fds: [CInt] = []
             let n = try out.withUnsafeMutableBytes { b in
-                try SystemCall.receive(socket.descriptor, into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), fds: &fds)
+                try SystemCall.receive(socket, into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), fds: &fds)
             }
             for fd in fds { close(fd) }
             if n == 0 { throw FrontendError.closed }
@@ -101,6 +129,12 @@ public final class TestFrontend: @unchecked Sendable {
     public func getU64(_ request: FrontendRequest) throws -> UInt64 {
         try send(request)
         return Self.u64(try receiveReply(to: request))
+    }
+
+    /// A device request's bytes (id in the device's own range), asking for a reply unless told not to.
+    public static func deviceRequest(_ id: UInt32, _ payload: [UInt8], needReply: Bool = true) -> [UInt8] {
+        MessageHeader(request: id, flags: MessageHeader.version | (needReply ? MessageHeader.needReplyFlag : 0),
+                      size: UInt32(payload.count)).bytes + payload
     }
 
     public static func u64(_ bytes: [UInt8]) -> UInt64 {
@@ -230,7 +264,9 @@ public final class TestFrontend: @unchecked Sendable {
     }
 
     /// Closes the connection the way a crashing front-end would.
-    public func disconnect() { shutdown(socket.rawValue, CInt(SHUT_RDWR)) }
+    public func disconnect() {
+        if let embedded { embedded.disconnect() } else { shutdown(socketDescriptor.rawValue, CInt(SHUT_RDWR)) }
+    }
 
     /// `do_vhost_dev_stop`: disable every ring, fetch every base, clear the status.
     @discardableResult

@@ -131,11 +131,11 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
     @Test func frontendThatStopsReading() throws {
         let daemon = try Daemon()
         let guest = try Guest(daemon)
-        try SystemCall.setNonBlocking(guest.frontend.socket.descriptor)
+        try SystemCall.setNonBlocking(guest.frontend.socketDescriptor)
         var sent = 0
         let request = MessageHeader(request: FrontendRequest.getFeatures.rawValue, flags: 1, size: 0).bytes
         while sent < 100_000 {
-            let n = request.withUnsafeBytes { (try? SystemCall.send(guest.frontend.socket.descriptor, $0)) ?? 0 }
+            let n = request.withUnsafeBytes { (try? SystemCall.send(guest.frontend.socketDescriptor, $0)) ?? 0 }
             if n == 0 { break }
             sent += 1
         }

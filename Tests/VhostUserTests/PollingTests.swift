@@ -5,35 +5,11 @@ import Testing
 @testable import VhostUserCore
 import VhostUserTestSupport
 
-/// Bounded adaptive polling: the window policy on its own (deterministic), then the engine over a
-/// real ring, where a polled ring must suppress kicks (virtio 1.x §2.7.10) and re-enable them before
-/// the loop blocks, so that no request is ever left waiting for a kick the driver was told not to send.
+/// Polling in the Posix loop: the spin over a real ring on its own thread, where a polled ring must
+/// suppress kicks (virtio 1.x §2.7.10) and re-enable them before the loop blocks, so that no request is
+/// ever left waiting for a kick the driver was told not to send; the spin's yielding; a pause message
+/// racing the spin. (The window policy and its effect turn by turn: VhostUserCoreTests' PollingTests.)
 @Suite struct PollingTests {
-    // Spec: docs/vhost-user.md "Event loop", bounded adaptive polling: the window policy.
-    @Test func windowGrowsWhileWorkArrivesJustAfterItAndShrinksWhenIdle() {
-        var polling = AdaptivePolling(maximumNanoseconds: 100_000)
-        #expect(polling.window == 0)
-        polling.record(waited: 20_000)   // work 20 µs after we started waiting: start polling
-        #expect(polling.window == 4_000)
-        for _ in 0..<3 { polling.record(waited: 20_000) }
-        #expect(polling.window == 32_000)  // 8k, 16k, 32k: now covers the gap
-        polling.record(waited: 20_000)
-        #expect(polling.window == 32_000)  // inside the window: unchanged
-        polling.record(waited: 5_000_000)  // idle for 5 ms: poll less
-        #expect(polling.window == 16_000)
-        for _ in 0..<3 { polling.record(waited: 5_000_000) }
-        #expect(polling.window == 0)       // 8k, 4k, then below the initial window: off
-        for _ in 0..<10 { polling.record(waited: 90_000) }
-        #expect(polling.window == 100_000) // never beyond the maximum
-    }
-
-    // Spec: docs/vhost-user.md "Event loop": --poll-max-us 0 never polls.
-    @Test func offWhenTheMaximumIsZero() {
-        var polling = AdaptivePolling(maximumNanoseconds: 0)
-        for _ in 0..<5 { polling.record(waited: 1_000) }
-        #expect(polling.window == 0)
-    }
-
     // §2.7.10: while the engine polls, the driver is told not to kick (EVENT_IDX: avail_event one
     // behind the next index; otherwise VIRTQ_USED_F_NO_NOTIFY), and a request published without a
     // kick is served. Each turn that ends with a kick-served request grows the window, so this holds
@@ -46,9 +22,9 @@ import VhostUserTestSupport
         try h.start(features: features)
         let q = h.queues[0]
         #expect(Self.serveThreeWithoutKicks(q) == 3)
-        #expect(h.backend.counters.polledTurns > 0)
+        #expect(h.engine.counters.polledTurns > 0)
         // Idle past the largest window (100 ms): the loop blocks, and only after asking for kicks again.
-        #expect(waitUntil(.seconds(5)) { kicksWanted(q, eventIndex: eventIndex) }, "kicks still off once idle")
+        #expect(waitUntil(.seconds(5)) { q.kicksWanted(eventIndex: eventIndex) }, "kicks still off once idle")
         let (used, reply) = h.roundTrip([3, 4])
         #expect(used?.length == 2 && reply == [4, 3])
     }
@@ -79,7 +55,7 @@ import VhostUserTestSupport
         try h.start(features: h.allFeatures)
         let q = h.queues[0]
         #expect(Self.serveThreeWithoutKicks(q) == 3)
-        #expect(h.backend.polling.yieldAfter == 0)
+        #expect(h.engine.polling.yieldAfter == 0)
     }
 
     // Ring states ("Stopping a ring": GET_VRING_BASE) + §2.7.10: a pause that arrives while the loop
@@ -123,7 +99,7 @@ import VhostUserTestSupport
             }
             #expect(q.waitForCall(), "the call for a used entry the driver asked to hear about")
             try h.frontend.send(.getVringBase, h.frontend.vringState(0, 0))
-            let kicksOffAtPause = !kicksWanted(q, eventIndex: eventIndex)
+            let kicksOffAtPause = !q.kicksWanted(eventIndex: eventIndex)
             // Requests keep coming, never kicked, until the pause stops the ring: the loop keeps finding
             // work by polling while the message waits, and reads it in the middle of that.
             for i in 0..<1000 {
@@ -149,13 +125,6 @@ import VhostUserTestSupport
         #expect(used?.length == 2 && reply == [6, 5])
         #expect(h.device.resets == 0)
     }
-}
-
-/// Whether the ring asks the driver to kick for the next entry it adds (§2.7.10), every entry so far
-/// consumed: with EVENT_IDX avail_event is avail.idx (one behind: no new index passes it), otherwise
-/// VIRTQ_USED_F_NO_NOTIFY is clear.
-private func kicksWanted(_ q: DriverQueue, eventIndex: Bool) -> Bool {
-    eventIndex ? q.availEvent == q.availIndex : q.usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
 }
 
 /// Polls `condition` until it holds or `timeout` passes.

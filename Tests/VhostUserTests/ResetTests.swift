@@ -25,7 +25,7 @@ import VhostUserTestSupport
         // round is a full reset and restart, checked on its own, until the race has been hit.
         for round in 0..<50 where !raced || round < 2 {
             for i in 0..<40 { _ = h.roundTrip([UInt8(i), UInt8(round)]) }  // back to back: the loop polls
-            let explainedBefore = h.backend.counters.ringErrorsExplained
+            let explainedBefore = h.engine.counters.ringErrorsExplained
             let resetsBefore = h.device.resets
             try h.frontend.send(.resetDevice)  // no reply awaited, as a front-end may do
             for queue in h.queues { queue.rewriteForRestart() }
@@ -39,11 +39,11 @@ import VhostUserTestSupport
             #expect(q.reply(of: head) == [9, 8, 7])
             #expect(q.usedIndex == 1)
             #expect(h.device.resets == resetsBefore + 1)
-            #expect(h.backend.deviceStatus & DeviceStatus.needsReset == 0)
+            #expect(h.engine.deviceStatus & DeviceStatus.needsReset == 0)
             #expect(!q.errorSignalled())
-            if h.backend.counters.ringErrorsExplained > explainedBefore { raced = true }
+            if h.engine.counters.ringErrorsExplained > explainedBefore { raced = true }
         }
-        #expect(h.backend.counters.ringErrors == 0, "a rewritten ring during a reset is not a ring error")
+        #expect(h.engine.counters.ringErrors == 0, "a rewritten ring during a reset is not a ring error")
         if polling {
             #expect(raced, "the loop never read a rewritten ring before the reset: the test did not test the race")
         }
@@ -60,15 +60,15 @@ import VhostUserTestSupport
         q.setAvailIndex(q.availIndex &+ 1000)
         q.kickNow()
         #expect(q.waitForError(), "the error eventfd is signalled when the queue stops")
-        #expect(h.backend.counters.ringErrors == 1)
-        #expect(h.backend.deviceStatus & DeviceStatus.needsReset != 0)
+        #expect(h.engine.counters.ringErrors == 1)
+        #expect(h.engine.deviceStatus & DeviceStatus.needsReset != 0)
         // RESET_DEVICE brings it back as a fresh device.
         try h.frontend.send(.resetDevice)
         for queue in h.queues { queue.rewriteForRestart() }
         try h.frontend.start(features: h.allFeatures, memory: [h.memory], queues: h.queues)
         let (used, reply) = h.roundTrip([1, 2])
         #expect(used?.length == 2 && reply == [2, 1])
-        #expect(h.backend.deviceStatus & DeviceStatus.needsReset == 0)
+        #expect(h.engine.deviceStatus & DeviceStatus.needsReset == 0)
     }
 
     // vhost-user.rst: SET_STATUS 0 is how QEMU stops the device (VM pause, the stop before migration);
@@ -83,6 +83,6 @@ import VhostUserTestSupport
         let (used, reply) = h.roundTrip([3, 4])
         #expect(used?.length == 2 && reply == [4, 3])
         #expect(h.device.resets == 0)
-        #expect(h.backend.counters.guestResetsDetected == 0)
+        #expect(h.engine.counters.guestResetsDetected == 0)
     }
 }

@@ -8,67 +8,17 @@ import Testing
 import VhostUserTestSupport
 
 
-/// A back-end serving an `EchoDevice` on its own thread, and a test front-end connected to it.
-final class Harness {
-    let device = EchoDevice()
-    let backend: VhostUserBackend
-    let frontend: TestFrontend
-    let memory: SharedMemory
-    let queues: [DriverQueue]
-    private let thread: OSThread
-    private final class OutcomeBox: Sendable { let value = Mutex<VhostUserBackend.Outcome?>(nil) }
-    private let result = OutcomeBox()
-    private var finished = false
+/// The engine's Posix tests: the back-end on its own thread behind a real socket, memfds and eventfds.
+typealias Harness = EngineHarness
 
-    init(queueSize: Int = 256, memorySize: Int = 4 << 20, pollMaximum: UInt64 = 0, polling: AdaptivePolling? = nil) throws {
-        var logger = Logger(label: "test")
-        logger.logLevel = getenv("VU_TEST_LOG") != nil ? .debug : .critical
-        backend = try VhostUserBackend(device: device, polling: polling ?? AdaptivePolling(maximumNanoseconds: pollMaximum),
-                                       logger: logger)
-        let (frontend, backendEnd) = try TestFrontend.pair()
-        self.frontend = frontend
-        let memory = try SharedMemory(size: memorySize)
-        self.memory = memory
-        queues = try (0..<2).map { try DriverQueue(memory: memory, index: $0, size: queueSize) }
-        let box = UncheckedBox(value: (backend, backendEnd, result))
-        thread = OSThread {
-            let outcome = try? box.value.0.serve(connection: box.value.1)
-            box.value.2.value.withLock { $0 = outcome }
-        }
+extension EngineHarness {
+    convenience init(queueSize: Int = 256, memorySize: Int = 4 << 20, pollMaximum: UInt64 = 0, polling: AdaptivePolling? = nil) throws {
+        try self.init(.posix, queueSize: queueSize, memorySize: memorySize,
+                      polling: polling ?? AdaptivePolling(maximumNanoseconds: pollMaximum))
     }
 
-    /// The device's bits and every transport bit the engine offers (virtio 1.4 §6, vhost-user.rst).
-    var allFeatures: UInt64 {
-        EchoDevice.featureA | EchoDevice.featureB | VirtioSpec.VIRTIO_F_INDIRECT_DESC | VirtioSpec.VIRTIO_F_EVENT_IDX
-            | VirtioSpec.VHOST_USER_F_PROTOCOL_FEATURES | VirtioSpec.VIRTIO_F_VERSION_1
-    }
-
-    /// Initialization and start exactly as QEMU does them.
-    func start(features: UInt64? = nil, protocolFeatures: ProtocolFeatures = .supported) throws {
-        try frontend.initialize(protocolFeatures: protocolFeatures, queues: queues)
-        try frontend.start(features: features ?? allFeatures, memory: [memory], queues: queues)
-    }
-
-    /// Sends a request on queue 0, kicks, and waits for it to complete.
-    func roundTrip(_ bytes: [UInt8], replySize: Int? = nil) -> (DriverQueue.Used?, [UInt8]) {
-        let head = queues[0].add(readable: [bytes], writable: [replySize ?? bytes.count])
-        queues[0].kickNow()
-        let used = queues[0].waitForUsed(1).first
-        return (used, queues[0].reply(of: head))
-    }
-
-    /// Disconnects and waits for the back-end thread; returns how `serve` ended.
-    @discardableResult
-    func finish(disconnect: Bool = true) -> VhostUserBackend.Outcome? {
-        if !finished {
-            finished = true
-            if disconnect { frontend.disconnect() }
-            thread.join()
-        }
-        return result.value.withLock { $0 }
-    }
-
-    deinit { _ = finish() }
+    /// The Posix back-end, which every harness of this target has.
+    var posix: VhostUserBackend { backend! }
 }
 
 /// Open descriptors of this process, to show that nothing leaks.

@@ -1,6 +1,6 @@
 import Glibc
 import Testing
-@testable import VhostUser
+
 @testable import VhostUserCore
 import VhostUserTestSupport
 
@@ -46,7 +46,7 @@ import VhostUserTestSupport
         h.queues[0].kickNow()
         #expect(h.queues[0].waitForUsed(1).first?.length == 0)
         #expect(h.roundTrip([1, 2]).1 == [2, 1])
-        #expect(h.backend.counters.badChains == 1)
+        #expect(h.engine.counters.badChains == 1)
     }
 
     /// Publishes a chain made of raw descriptors (for malformed chains).
@@ -91,7 +91,7 @@ import VhostUserTestSupport
         q.writeDescriptor(0, .init(address: buffer, length: 16, flags: I), table: inner)
         publishRaw(q, [(200, .init(address: inner, length: 16, flags: I))], head: 200)
         #expect(q.waitForUsed(1) == [DriverQueue.Used(head: 200, length: 0)])
-        #expect(h.backend.counters.badChains == cases.count + 1)
+        #expect(h.engine.counters.badChains == cases.count + 1)
         #expect(h.roundTrip([1, 2, 3]).1 == [3, 2, 1])
         #expect(h.device.processed == 1)  // no bad chain reached the device
     }
@@ -196,7 +196,7 @@ import VhostUserTestSupport
         h.queues[1].add(readable: [], writable: [8])
         h.queues[1].kickNow()  // starts the event queue
         h.device.post([9])
-        h.backend.waker.wake()
+        h.engine.waker.wake()
         #expect(h.queues[1].waitForUsed(1).first?.length == 1)
         #expect(q.collectUsed().isEmpty)
         #expect(h.device.processed == 5 + 1)  // the five round trips and the event
@@ -216,7 +216,7 @@ import VhostUserTestSupport
                              bases: bases.map { UInt16($0) })
         #expect(h.queues[0].waitForUsed(1).first?.length == 2)
         #expect(h.device.resets == 0)
-        #expect(h.backend.counters.guestResetsDetected == 0)
+        #expect(h.engine.counters.guestResetsDetected == 0)
     }
 
     // QEMU's generic device sends no RESET_DEVICE: a restart at a different base is a guest reset.
@@ -230,7 +230,7 @@ import VhostUserTestSupport
         let fresh = try (0..<2).map { try DriverQueue(memory: h.memory, index: $0, size: 256) }
         try h.frontend.start(features: h.allFeatures, memory: [h.memory], queues: fresh)
         #expect(h.device.resets == 1)
-        #expect(h.backend.counters.guestResetsDetected == 1)
+        #expect(h.engine.counters.guestResetsDetected == 1)
         fresh[0].add(readable: [[1, 2]], writable: [2])
         fresh[0].kickNow()
         #expect(fresh[0].waitForUsed(1).first?.length == 2)
@@ -263,7 +263,7 @@ import VhostUserTestSupport
         q.kickNow()
         #expect(q.waitForError())  // vhost-user.rst: the error eventfd of the stopped ring is signalled
         #expect(try h.frontend.getStatus() & DeviceStatus.needsReset != 0)
-        #expect(h.backend.counters.ringErrors == 1)
+        #expect(h.engine.counters.ringErrors == 1)
         #expect(q.usedIndex == 0)
         // The other queue and the connection still work.
         #expect(try h.frontend.getFeatures() != 0)
@@ -282,14 +282,14 @@ import VhostUserTestSupport
         try h.frontend.sync()  // the kick's turn is over
         #expect(events.collectUsed().isEmpty)
         h.device.post([1, 2, 3])
-        h.backend.waker.wake()
+        h.engine.waker.wake()
         let used = events.waitForUsed(1)
         #expect(used.first?.length == 3)
         #expect(events.reply(of: used.first!.head).prefix(3) == [1, 2, 3])
         #expect(events.waitForCall())
         // Two more, then nothing is consumed beyond what was pending.
         h.device.post([4]); h.device.post([5])
-        h.backend.waker.wake()
+        h.engine.waker.wake()
         #expect(events.waitForUsed(2).count == 2)
         try h.frontend.sync()  // the turn that used those two is over: it would have used any others by now
         #expect(events.collectUsed().isEmpty)
@@ -300,7 +300,7 @@ import VhostUserTestSupport
     @Test func memoryRegionsChangeWhileRunning() throws {
         let h = try Harness()
         try h.start()
-        let extra = try SharedMemory(size: 1 << 20, guestPhysicalAddress: 0x2_0000_0000)
+        let extra = try SharedMemory(size: 1 << 20, guestPhysicalAddress: 0x2_0000_0000, side: h.side)
         #expect(try h.frontend.addMemoryRegion(extra))
         #expect(try h.frontend.addMemoryRegion(extra) == false)  // overlaps itself
         // A chain whose buffers live in the new region.

@@ -1,5 +1,5 @@
 import Testing
-@testable import VhostUser
+
 @testable import VhostUserCore
 import VhostUserTestSupport
 

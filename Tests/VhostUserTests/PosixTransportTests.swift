@@ -1,70 +1,68 @@
 import Glibc
+import Synchronization
+import SystemPackage
 import Testing
 @testable import VhostUser
 @testable import VhostUserCore
 import VhostUserTestSupport
 
-/// Memory-table, ring-setup and back-end-channel messages, and the listening socket.
-@Suite struct SetupTests {
-    // Spec: vhost-user.rst VHOST_USER_SET_MEM_TABLE; docs/vhost-user.md "Validation before dispatch" (3).
-    @Test func memoryTableMessages() throws {
+/// What the engine's Posix layer adds: real descriptors (closed, never leaked), the socket (a bad header
+/// or a hang-up ends the connection), the listener, the back-end channel, stop requests from another
+/// thread, and mmap's bounds. The same messages' logic is tested on the embedded driver (VhostUserCoreTests).
+@Suite struct PosixTransportTests {
+    // Spec: docs/vhost-user.md "Validation before dispatch" (2): exact descriptor counts, unclaimed descriptors closed.
+    @Test func wrongDescriptorCountsAreClosed() throws {
+        let name = "vu-test-fdcount-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let h = try Harness()
-        try h.frontend.initialize(queues: h.queues)
-        #expect(try h.frontend.setMemTable([h.memory]))
-        // Two regions that overlap are refused, and the old table stays.
-        let twin = try SharedMemory(size: 4096, guestPhysicalAddress: h.memory.guestPhysicalAddress)
-        #expect(try h.frontend.setMemTable([h.memory, twin]) == false)
-        // A region of size 0, or one that wraps around 2^64.
-        var zero = [1, 0, 0, 0, 0, 0, 0, 0] + h.memory.regionDescription
-        zero.replaceSubrange(16..<24, with: [UInt8](repeating: 0, count: 8))
-        #expect(try h.frontend.sendAcked(.setMemTable, zero, fds: [h.memory.descriptor.rawValue]) == false)
-        var wrap = [1, 0, 0, 0, 0, 0, 0, 0] + h.memory.regionDescription
-        wrap.replaceSubrange(8..<16, with: TestFrontend.bytes(UInt64.max - 10))
-        #expect(try h.frontend.sendAcked(.setMemTable, wrap, fds: [h.memory.descriptor.rawValue]) == false)
-        // Nine regions are more than SET_MEM_TABLE carries.
-        let nine = [9, 0, 0, 0, 0, 0, 0, 0] + [UInt8](repeating: 0, count: 9 * 32)
-        #expect(try h.frontend.sendAcked(.setMemTable, nine) == false)
-        // The table in place still works end to end.
-        try h.frontend.start(features: h.allFeatures, memory: [h.memory], queues: h.queues)
-        #expect(h.roundTrip([1, 2]).1 == [2, 1])
+        try h.frontend.setProtocolFeatures(.supported)
+        do {
+            let a = try namedMemfd(name), b = try namedMemfd(name)
+            #expect(descriptorsReferring(to: name) == 2)
+            // SET_VRING_CALL with two descriptors instead of one.
+            try h.frontend.send(.setVringCall, TestFrontend.bytes(UInt64(0)), fds: [a.rawValue, b.rawValue], needReply: true)
+            #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setVringCall)) != 0)
+            // GET_FEATURES with an unexpected descriptor: refused (empty reply); REM_MEM_REG's is closed too.
+            try h.frontend.send(.getFeatures, fds: [a.rawValue])
+            #expect(try h.frontend.receiveReply(to: .getFeatures).isEmpty)
+            #expect(try h.frontend.sendAcked(.remMemReg, [UInt8](repeating: 0, count: 40), fds: [b.rawValue]) == false)
+            // SET_MEM_TABLE that names one region but brings none.
+            #expect(try h.frontend.sendAcked(.setMemTable, [1, 0, 0, 0, 0, 0, 0, 0] + h.memory.regionDescription) == false)
+            #expect(descriptorsReferring(to: name) == 2, "the back-end kept a copy")
+        }
+        #expect(descriptorsReferring(to: name) == 0)
     }
 
-    // Spec: virtio 1.4 §2.7 (ring alignment); docs/vhost-user.md "Rings": misaligned ring memory stops the queue.
-    @Test func misalignedRingStopsTheQueue() throws {
-        let h = try Harness()
-        try h.frontend.initialize(queues: h.queues)
-        try h.frontend.setFeatures(h.allFeatures)
-        try h.frontend.setMemTable([h.memory])
-        let q = h.queues[0]
-        try h.frontend.setVringNum(0, q.size)
-        try h.frontend.setVringBase(0, 0)
-        let a = q.userAddresses
-        try h.frontend.setVringAddr(0, descriptors: a.descriptors + 8, used: a.used, avail: a.avail)
-        try h.frontend.setVringFD(.setVringKick, 0, q.kick.rawValue)
-        try h.frontend.setVringEnable(0, true)
-        q.add(readable: [[1]], writable: [1])
-        q.kickNow()
-        #expect(q.waitForError())  // vhost-user.rst: the error eventfd of the stopped ring is signalled
-        #expect(try h.frontend.getStatus() & DeviceStatus.needsReset != 0)  // (a round trip: the turn has ended)
-        #expect(h.backend.counters.ringErrors == 1)
-    }
-
-    // Spec: docs/vhost-user.md "Validation before dispatch" (3) and vhost-user.rst VHOST_USER_SET_VRING_CALL (no-descriptor flag).
-    @Test func ringMessagesNeedAStoppedRing() throws {
+    // Spec: docs/vhost-user.md "When the device is reset": a disconnect resets; nothing of the message leaks.
+    @Test func disconnectInTheMiddleOfAMessage() throws {
+        let name = "vu-test-midmsg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let h = try Harness()
         try h.start()
-        _ = h.roundTrip([1])
-        #expect(try h.frontend.sendAcked(.setVringNum, h.frontend.vringState(0, 128)) == false)
-        #expect(try h.frontend.sendAcked(.setVringBase, h.frontend.vringState(0, 3)) == false)
-        try h.frontend.send(.getVringBase, h.frontend.vringState(7, 0))
-        #expect(try h.frontend.receiveReply(to: .getVringBase).isEmpty)  // no queue 7
-        // SET_VRING_CALL with the "no descriptor" flag: the driver is not called, nothing breaks.
-        try h.frontend.setVringFD(.setVringCall, 0, nil)
-        try h.frontend.sync()  // every earlier message is handled, and the first round trip's call made
-        _ = h.queues[0].wasCalled()  // consume the call of the first round trip
-        #expect(h.roundTrip([1, 2]).1 == [2, 1])
-        try h.frontend.sync()  // a call for that round trip, had there been one, would have been made by now
-        #expect(!h.queues[0].wasCalled())
+        #expect(h.device.resets == 0)
+        do {
+            let fd = try namedMemfd(name)
+            // A SET_MEM_TABLE header with its descriptor, then only half the payload.
+            let payload = [1, 0, 0, 0, 0, 0, 0, 0] + h.memory.regionDescription
+            try h.frontend.sendRaw(MessageHeader(request: FrontendRequest.setMemTable.rawValue, flags: 1, size: 40).bytes
+                                   + payload.prefix(20), fds: [fd.rawValue])
+        }
+        #expect(h.finish() == .disconnected)
+        #expect(h.device.resets == 1)  // a disconnect resets the device
+        #expect(descriptorsReferring(to: name) == 0)
+    }
+
+    // Spec: docs/vhost-user.md "How a device plugs in": requestStop() from another thread ends serving.
+    @Test func stopRequestEndsServing() throws {
+        let h = try Harness()
+        _ = try h.frontend.getFeatures()
+        h.posix.requestStop()
+        #expect(h.finish(disconnect: false) == .stopped)
+    }
+
+    // Spec: docs/vhost-user.md "Validation before dispatch" (1): a bad header ends the connection.
+    @Test func badHeaderEndsTheConnection() throws {
+        let h = try Harness()
+        try h.frontend.sendRaw(MessageHeader(request: 1, flags: 0x2, size: 0).bytes)
+        #expect(h.finish() == .disconnected)
     }
 
     // Spec: vhost-user.rst VHOST_USER_SET_BACKEND_REQ_FD and VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
@@ -78,19 +76,11 @@ import VhostUserTestSupport
             #expect(try h.frontend.sendAcked(.setBackendReqFD, fds: [theirsOwned.rawValue]))
         }
         #expect(try h.frontend.sendAcked(.setBackendReqFD) == false)  // no descriptor
-        h.backend.notifyConfigChange()
+        h.engine.notifyConfigChange()
         #expect(SystemCall.isReadable(channel.descriptor, within: 5000))
         var header = [UInt8](repeating: 0, count: 12)
         #expect(read(channel.rawValue, &header, 12) == 12)
         #expect(header == MessageHeader(request: BackendRequest.configChange.rawValue, flags: 1, size: 0).bytes)
-    }
-
-    // Spec: vhost-user.rst VHOST_USER_RESET_OWNER (deprecated: ignored).
-    @Test func resetOwnerIsIgnored() throws {
-        let h = try Harness()
-        try h.start()
-        #expect(try h.frontend.sendAcked(.resetOwner))
-        #expect(h.roundTrip([3, 4]).1 == [4, 3])
     }
 
     // Transport: a UNIX socket path, mode 0600, stale socket files replaced, live ones and other files left alone.
@@ -160,22 +150,21 @@ import VhostUserTestSupport
     }
 }
 
-final class OutcomeList: @unchecked Sendable {
-    private var lock = pthread_mutex_t()
-    private(set) var items: [VhostUserBackend.Outcome?] = []
-    init() { pthread_mutex_init(&lock, nil) }
-    func append(_ item: VhostUserBackend.Outcome?) { pthread_mutex_lock(&lock); items.append(item); pthread_mutex_unlock(&lock) }
+@Suite struct PosixDeviceRequestTests {
+    @Test func answeredByTheDeviceAndUnkeptDescriptorsClosed() throws {
+        let h = try Harness()
+        try h.start()
+        let name = "device-request-\(UInt32.random(in: 0...UInt32.max))"
+        let memfd = try namedMemfd(name)
+        let extra = try namedMemfd(name)
+        try h.frontend.sendRaw(TestFrontend.deviceRequest(EchoDevice.echoRequest, [1, 2, 3]), fds: [memfd.rawValue, extra.rawValue])
+        // Reversed payload, 2 descriptors came, the first one's file is 16 × 256 bytes.
+        #expect(try h.frontend.receiveReply(toRaw: EchoDevice.echoRequest) == [3, 2, 1, 2, 16])
+        try h.frontend.sync()
+        #expect(descriptorsReferring(to: name) == 2, "only our own two remain: the engine closed what it received")
+    }
 }
 
-/// A one-shot signal between threads.
-final class Semaphore: @unchecked Sendable {
-    private var semaphore = sem_t()
-    init() { sem_init(&semaphore, 0, 0) }
-    func signal() { sem_post(&semaphore) }
-    func wait() { sem_wait(&semaphore) }
-}
-
-/// A region larger than the file behind it would fault (SIGBUS) on access: it is refused.
 @Suite struct RegionBoundsTests {
     // Spec: docs/vhost-user.md "Guest memory"; docs/security.md (a region beyond its file would fault).
     @Test func regionMustFitItsFile() throws {
@@ -191,4 +180,19 @@ final class Semaphore: @unchecked Sendable {
                                          fds: [h.memory.descriptor.rawValue]) == false)
         #expect(try h.frontend.setMemTable([h.memory]))
     }
+}
+
+/// How each `serve` of a listening back-end ended, appended from its thread.
+final class OutcomeList: Sendable {
+    private let list = Mutex<[VhostUserBackend.Outcome?]>([])
+    var items: [VhostUserBackend.Outcome?] { list.withLock { $0 } }
+    func append(_ item: VhostUserBackend.Outcome?) { list.withLock { $0.append(item) } }
+}
+
+/// A one-shot signal between threads.
+final class Semaphore: @unchecked Sendable {
+    private var semaphore = sem_t()
+    init() { sem_init(&semaphore, 0, 0) }
+    func signal() { sem_post(&semaphore) }
+    func wait() { sem_wait(&semaphore) }
 }

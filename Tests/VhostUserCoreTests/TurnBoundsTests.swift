@@ -1,5 +1,5 @@
 import Testing
-@testable import VhostUser
+
 @testable import VhostUserCore
 import VhostUserTestSupport
 
@@ -35,7 +35,7 @@ import VhostUserTestSupport
         q.kickNow()
         #expect(q.waitForUsed(1) == [DriverQueue.Used(head: tooLong, length: 0)])
         #expect(q.reply(of: tooLong) == [UInt8](repeating: 0xAA, count: 256), "nothing written")
-        #expect(h.backend.counters.badChains == 1 && h.backend.counters.ringErrors == 0)
+        #expect(h.engine.counters.badChains == 1 && h.engine.counters.ringErrors == 0)
         let (used, reply) = h.roundTrip([1, 2])
         #expect(used?.length == 2 && reply == [2, 1])
     }
@@ -52,8 +52,8 @@ import VhostUserTestSupport
             q.kickNow()
             #expect(q.waitForUsed(20).allSatisfy { $0.length == 0 })
         }
-        #expect(h.backend.counters.badChains == 100)
-        #expect(h.backend.counters.warningsSuppressed == 80)
+        #expect(h.engine.counters.badChains == 100)
+        #expect(h.engine.counters.warningsSuppressed == 80)
     }
 
     @Test func warningsFromInputAreRateLimited() {
