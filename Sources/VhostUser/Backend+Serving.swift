@@ -54,7 +54,9 @@ extension VhostUserBackend {
                 try loop.wait(timeout: polled ? 0 : -1) { ready.append(($0, $1)) }
                 lastDescriptorCheck = ContinuousClock.now
             }
-            engine.recordWait(nanoseconds: VhostUserEngine.nanoseconds(ContinuousClock.now - waitStarted), polled: polled)
+            if engine.polling.maximum > 0 {
+                engine.recordWait(nanoseconds: VhostUserEngine.nanoseconds(ContinuousClock.now - waitStarted), polled: polled)
+            }
             if polled { engine.processPolledQueues() }
             for (token, events) in ready {
                 switch token {
@@ -113,16 +115,16 @@ extension VhostUserBackend {
     public func run(_ source: FrontendSource) throws {
         switch source {
         case .connected(let fd):
-            logger.info("serving the front-end on descriptor \(fd.rawValue)")
+            engine.logger.info("serving the front-end on descriptor \(fd.rawValue)")
             _ = try serve(connection: fd)
         case .listener(let path, let reconnect):
             let listener = try Listener(path: path)
-            logger.info("listening on \(listener.path)")
+            engine.logger.info("listening on \(listener.path)")
             while let connection = try accept(listener) {
-                logger.info("front-end connected")
+                engine.logger.info("front-end connected")
                 let outcome = try serve(connection: connection)
                 if outcome == .stopped || !reconnect { break }
-                logger.info("waiting for the next front-end")
+                engine.logger.info("waiting for the next front-end")
             }
         }
     }

@@ -61,7 +61,7 @@ final class PosixHost: VhostUserHost, @unchecked Sendable {
         guard let fd = connection else { return false }
         return withUnsafeTemporaryAllocation(byteCount: engine.limits.maxMessageSize + MessageHeader.size, alignment: 8) { buffer in
             // Stop reading while replies are pending: a front-end that does not read cannot make us queue without bound.
-            while !engine.disconnectRequested && !connectionFailed && outputOffset >= output.count {
+            while !engine.disconnectRequested && !connectionFailed && !hasUnsentReplies {
                 let want = min(engine.bytesWanted, buffer.count)
                 var fds: [CInt] = []
                 let n: Int
@@ -127,10 +127,8 @@ final class PosixHost: VhostUserHost, @unchecked Sendable {
 
     /// A new connection: nothing pending from the last one.
     func begin(_ fd: FileDescriptor) {
+        end()
         connection = fd
-        output = []
-        outputOffset = 0
-        waitingToWrite = false
         connectionFailed = false
     }
 

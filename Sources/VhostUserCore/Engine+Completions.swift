@@ -19,12 +19,14 @@ extension VhostUserEngine {
         if queue.needsNotification(since: previous) { queue.notify(host: host) }
     }
 
-    /// Brings the loop's watch list in line with the device's `watchedDescriptors`. Everything is
-    /// registered anew (this runs only after device requests and resets): a descriptor number the device
-    /// closed and reused must not be taken for the one epoll already dropped.
+    /// Brings the loop's watch list in line with the device's `watchedDescriptors`, or empties it while no
+    /// front-end is connected. Everything is registered anew (this runs only after device requests, resets
+    /// and connects): a descriptor number the device closed and reused must not be taken for the one
+    /// epoll already dropped.
     func watchDeviceDescriptors() {
         for fd in watched { host.unwatch(fd) }
         watched = []
+        guard isConnected else { return }
         for fd in device.watchedDescriptors {
             do {
                 try host.watch(fd, token: Self.watchedTokenBase + UInt64(watched.count))

@@ -72,9 +72,6 @@ extension VhostUserEngine {
         for queue in queues where queue.kicksSuppressed { _ = try? queue.setKicks(enabled: true) }
     }
 
-    /// The polling window in nanoseconds (0: do not poll), and after how long the spin should yield.
-    public var pollingWindow: UInt64 { polling.window }
-
     /// Adjusts the polling window after a wait of `nanoseconds` (poll and block together) that ended in
     /// work found by polling or not.
     public func recordWait(nanoseconds: UInt64, polled: Bool) {

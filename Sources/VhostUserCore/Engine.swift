@@ -69,6 +69,9 @@ public final class VhostUserEngine: @unchecked Sendable {
     var decoder: MessageDecoder
     /// The connection must end: a fatal protocol error, or the device asked for it. The driver closes it.
     public internal(set) var disconnectRequested = false
+    /// A front-end is connected: only then does the engine watch the device's descriptors (a readable
+    /// one with nobody to serve it would wake a waiting loop again and again).
+    var isConnected = false
     /// Descriptors watched for the device, in the order of its `watchedDescriptors` (tokens follow it).
     var watched: [HostDescriptor] = []
     /// Warnings caused by guest or front-end input (bad chains, refused messages, ring errors).
@@ -122,11 +125,13 @@ public final class VhostUserEngine: @unchecked Sendable {
     /// A front-end connected: the engine starts watching what the device asks it to.
     public func connected() {
         disconnectRequested = false
+        isConnected = true
         watchDeviceDescriptors()
     }
 
     /// The connection ended: reset the device and forget everything the front-end set up.
     public func disconnected() {
+        isConnected = false
         device.frontendDisconnected()
         decoder.discard()
         resetDeviceState()
@@ -135,8 +140,6 @@ public final class VhostUserEngine: @unchecked Sendable {
         protocolFeatures = []
         backendChannel = nil
         disconnectRequested = false
-        for fd in watched { host.unwatch(fd) }
-        watched = []
         if let dropped = inputWarnings.takeSuppressions() {
             logger.warning("\(dropped) more warnings about guest or front-end input were suppressed")
         }

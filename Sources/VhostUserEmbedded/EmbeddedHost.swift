@@ -100,6 +100,13 @@ public final class EmbeddedHost: VhostUserHost, @unchecked Sendable {
         channel.messages.append(bytes)
     }
 
+    /// The connection is gone: bytes not yet fed are lost, and the descriptors sent with them closed (as
+    /// the kernel closes descriptors in flight on a socket that closes).
+    func dropInbound() {
+        for chunk in inbound { for number in chunk.descriptors { close(HostDescriptor(rawValue: number)) } }
+        inbound.removeAll()
+    }
+
     public func receiveWaitingMessages() -> Bool {
         while !inbound.isEmpty && !engine.disconnectRequested {
             let (bytes, descriptors) = inbound.removeFirst()

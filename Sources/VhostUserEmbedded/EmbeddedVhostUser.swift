@@ -20,9 +20,8 @@ public final class EmbeddedVhostUser {
                 polling: AdaptivePolling = AdaptivePolling(maximumNanoseconds: 0),
                 logger: Logger = EmbeddedVhostUser.quietLogger) {
         self.host = host
-        let wake = UncheckedReference(host)
         engine = VhostUserEngine(device: device, limits: limits, polling: polling, logger: logger, host: host,
-                                 waker: Waker { wake.value.wakeRequested.store(true, ordering: .releasing) })
+                                 waker: Waker { host.wakeRequested.store(true, ordering: .releasing) })
         host.engine = engine
         lastTurnEnded = host.now
         engine.connected()
@@ -59,7 +58,7 @@ public final class EmbeddedVhostUser {
     /// Ends the connection as a front-end that hangs up: the engine resets the device.
     public func disconnect() {
         guard isConnected else { return }
-        host.inbound.removeAll()
+        host.dropInbound()
         isConnected = false
         engine.disconnected()
     }
@@ -125,10 +124,4 @@ public final class EmbeddedVhostUser {
         disconnect()
         return true
     }
-}
-
-/// Lets the waker (which must be Sendable) reach the host's atomic flag.
-private struct UncheckedReference<Value: AnyObject>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }

@@ -14,12 +14,12 @@ public final class EchoDevice: VhostUserDevice, @unchecked Sendable {
         public var signal: (HostDescriptor) -> Void
         public var drain: (HostDescriptor) -> Void
         /// Keeps the Posix acknowledgement eventfd open for the device's life.
-        var owner: AnyObject?
+        var owner: TestDescriptor?
 
         public static func posix() -> Environment {
-            let eventFD = PosixDescriptorBox(try! SystemCall.eventFD())
+            let eventFD = TestDescriptor(posix: try! SystemCall.eventFD())
             return Environment(fileSize: { try? Int(FileDescriptor($0).stat().size) },
-                               acknowledgement: HostDescriptor(eventFD.descriptor),
+                               acknowledgement: HostDescriptor(rawValue: eventFD.rawValue),
                                signal: { SystemCall.signal(FileDescriptor($0)) }, drain: { SystemCall.drain(FileDescriptor($0)) },
                                owner: eventFD)
         }
@@ -149,11 +149,4 @@ public final class EchoDevice: VhostUserDevice, @unchecked Sendable {
     public var resets: Int { state.withLock { $0.resets } }
     public var processed: Int { state.withLock { $0.processed } }
     public func post(_ event: [UInt8]) { state.withLock { $0.events.append(event) } }
-}
-
-/// An open Posix descriptor kept by reference (an `Environment` is copyable; the eventfd closes once).
-final class PosixDescriptorBox: @unchecked Sendable {
-    let owned: OwnedFileDescriptor
-    var descriptor: FileDescriptor { owned.descriptor }
-    init(_ descriptor: FileDescriptor) { owned = OwnedFileDescriptor(descriptor) }
 }

@@ -17,8 +17,9 @@ public enum TestBackendSide: @unchecked Sendable {
     }
 }
 
-/// A descriptor the test side passes to the back-end: a Posix descriptor it owns, or a number the
-/// embedded host gave it. `rawValue` is what goes into a message.
+/// A descriptor the test side passes to the back-end: a Posix descriptor it owns (closed with this
+/// object, which can be shared), or a number the embedded host gave it. `rawValue` is what goes into a
+/// message.
 public final class TestDescriptor: @unchecked Sendable {
     public let rawValue: CInt
     private let owned: OwnedFileDescriptor?

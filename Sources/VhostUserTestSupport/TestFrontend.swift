@@ -15,27 +15,25 @@ public enum FrontendError: Error, Hashable {
 /// the protocol in QEMU's message order, over a real socket or into the embedded driver (whose engine
 /// a read of a reply runs until the reply is there; descriptors are then the embedded host's numbers).
 public final class TestFrontend: @unchecked Sendable {
-    private let socket: OwnedFileDescriptor?
-    private let socketFD: FileDescriptor?
+    /// The socket (Posix front-ends), closed with the front-end.
+    private let socket: TestDescriptor?
     private let embedded: EmbeddedVhostUser?
     public var replyTimeout: Duration = .seconds(5)
     /// Whether REPLY_ACK was negotiated (then messages QEMU acks carry NEED_REPLY).
     public private(set) var replyAck = false
 
     public init(socket: consuming OwnedFileDescriptor) {
-        socketFD = socket.descriptor
-        self.socket = .some(socket)
+        self.socket = TestDescriptor(posix: socket.release())
         embedded = nil
     }
 
     public init(embedded: EmbeddedVhostUser) {
         socket = nil
-        socketFD = nil
         self.embedded = embedded
     }
 
     /// The socket (Posix front-ends only).
-    public var socketDescriptor: FileDescriptor { socketFD! }
+    public var socketDescriptor: FileDescriptor { socket!.fileDescriptor }
 
     public convenience init(connectingTo path: String) throws {
         let fd = try SystemCall.socket(AF_UNIX, CInt(SOCK_STREAM.rawValue))

@@ -87,12 +87,17 @@ import VirtioIOMMU
         _ = try mirror.drain()
         #expect(mirror.mappingCount == 0)
 
+        /// QEMU's side of an acknowledged request: the doorbell rang, the log is applied, then acknowledged.
+        func answerDoorbell() throws {
+            #expect(pollReadable(bell.descriptor))
+            _ = try mirror.drain()
+            SystemCall.drain(bell.descriptor)
+            SystemCall.signal(ack.descriptor)
+        }
+
         // DETACH waits too; afterwards the mirror and the daemon agree: no domain, no endpoint attached.
         let detach = send(DetachRequest(domain: 1, endpoint: 8).encoded)
-        #expect(pollReadable(bell.descriptor))
-        _ = try mirror.drain()
-        SystemCall.drain(bell.descriptor)
-        SystemCall.signal(ack.descriptor)
+        try answerDoorbell()
         #expect(requests.waitForUsed(1) == [DriverQueue.Used(head: detach, length: 4)])
         #expect(mirror.domains.isEmpty && mirror.endpointDomain.isEmpty)
         #expect(mirror.violation == nil && mirror.invariantViolation() == nil)
@@ -100,10 +105,7 @@ import VirtioIOMMU
         // §6.1: an operator's DETACH (control socket) is a LOCAL group; the control request returns only
         // after QEMU acknowledged it, and the mirror no longer has the endpoint attached.
         let again = send(AttachRequest(domain: 2, endpoint: 16).encoded)
-        #expect(pollReadable(bell.descriptor))
-        _ = try mirror.drain()
-        SystemCall.drain(bell.descriptor)
-        SystemCall.signal(ack.descriptor)
+        try answerDoorbell()
         #expect(requests.waitForUsed(1) == [DriverQueue.Used(head: again, length: 4)])
         let answer = Mutex<Bool?>(nil)  // the control reply's "ok", once it came
         let box = UncheckedBox(value: daemon)

@@ -63,4 +63,17 @@ import VhostUserTestSupport
         h.device.acknowledge()
         #expect(q.waitForUsed(1) == [DriverQueue.Used(head: head, length: 2)])
     }
+
+    // docs/vhost-user.md "How a device plugs in" (`watchedDescriptors`): watched only while a front-end is
+    // connected; a new connection watches them again.
+    @Test func deviceDescriptorsAreWatchedOnlyWhileConnected() throws {
+        let h = try Harness()
+        try h.start()
+        func watched() -> Bool { h.driver.host.watched.contains { $0.descriptor == h.device.acknowledgement } }
+        #expect(watched())
+        h.frontend.disconnect()
+        #expect(!watched(), "no front-end: nothing to serve what it would report")
+        h.driver.connect()
+        #expect(watched())
+    }
 }
