@@ -21,10 +21,13 @@ let package = Package(
     targets: [
         // Device model: wire format, domains, mappings, translation. No system calls.
         .target(name: "VirtioIOMMU", dependencies: [
-            "PASIDAllocators",
+            "PASIDAllocators", "LittleEndianBytes",
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
         .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU", "PASIDAllocators", "SeededRandom"]),
+        // Little-endian field access at byte offsets: the one copy the model, the front-end protocol and the
+        // daemon's ACPI table share.
+        .target(name: "LittleEndianBytes"),
         // The seeded generator randomized tests and benchmarks share (replayable from the printed seed).
         .target(name: "SeededRandom"),
         // What the device model needs of the host-wide PASID allocator: the protocol and the in-memory
@@ -36,7 +39,7 @@ let package = Package(
         .testTarget(name: "PASIDStoreTests", dependencies: ["PASIDStore", "PASIDAllocators"]),
         // The vhost-user-iommu front-end protocol (docs/frontend-protocol.md): codecs, the op-log writer and
         // a reference mirror reader. No system calls, no C.
-        .target(name: "IOMMUFrontend"),
+        .target(name: "IOMMUFrontend", dependencies: ["LittleEndianBytes"]),
         // How the model's recorded changes become log operations: the one place that knows both.
         .target(name: "ModelMirroring", dependencies: ["VirtioIOMMU", "IOMMUFrontend"]),
         .testTarget(name: "IOMMUFrontendTests", dependencies: [
@@ -77,7 +80,7 @@ let package = Package(
         ]),
         // The daemon: CLI, wiring, control socket, signals.
         .executableTarget(name: "vhost-iommu", dependencies: [
-            "VirtioIOMMU", "VhostUser", "PASIDAllocators", "PASIDStore", "IOMMUFrontend", "ModelMirroring",
+            "VirtioIOMMU", "LittleEndianBytes", "VhostUser", "PASIDAllocators", "PASIDStore", "IOMMUFrontend", "ModelMirroring",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),

@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 /// One DMA the front-end refused, as it hands it to the back-end through the fault ring
 /// (docs/frontend-protocol.md §10): 32 bytes, little-endian. The back-end reports it to the guest as a
 /// virtio-iommu fault event (virtio 1.4 §5.13.6.9), so reason and flags use that section's values.

@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 /// The flags of a log entry (docs/frontend-protocol.md §5.3), as on the wire.
 public struct LogEntryFlags: OptionSet, Hashable, Sendable {
     public let rawValue: UInt16

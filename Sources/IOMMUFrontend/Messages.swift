@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 // Payloads of the four front-end requests and of HELLO's reply (docs/frontend-protocol.md §3, §4.1, §7,
 // §8.2). Each decodes with every check the receiving side owes and encodes back to the same bytes.
 

@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 /// Numbers of the vhost-user-iommu front-end protocol (docs/frontend-protocol.md).
 public enum FrontendProtocol {
     /// The only version this implementation speaks (§3).

@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 /// The shared region as either side sees it: bytes plus the three memory-ordering operations the
 /// protocol needs (docs/frontend-protocol.md §6). The daemon implements it over its `mmap` of the
 /// memfd with real atomics; tests and the fuzzer use `InMemoryRegion`.

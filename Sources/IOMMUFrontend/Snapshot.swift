@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 /// The STATE_PUSH snapshot (docs/frontend-protocol.md §8.2): the front-end's mirror, `bypass` and the
 /// commit window, in sorted sections of fixed-size records.
 public struct StateSnapshot: Hashable, Sendable {

@@ -1,32 +1,4 @@
-/// Little-endian loads and stores at byte offsets, whatever the alignment. Callers check bounds first.
-extension UnsafeRawBufferPointer {
-    @inlinable func le<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
-        T(littleEndian: loadUnaligned(fromByteOffset: offset, as: T.self))
-    }
-
-    /// Whether every byte in `range` is zero (reserved fields).
-    func isZero(_ range: Range<Int>) -> Bool {
-        range.allSatisfy { self[$0] == 0 }
-    }
-}
-
-extension UnsafeMutableRawBufferPointer {
-    @inlinable func storeLE<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-        storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
-    }
-}
-
-extension Array where Element == UInt8 {
-    /// Appends `value` as little-endian bytes.
-    @inlinable mutating func appendLE<T: FixedWidthInteger>(_ value: T) {
-        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
-    }
-
-    /// Appends `count` zero bytes (reserved fields).
-    mutating func appendZeros(_ count: Int) {
-        append(contentsOf: repeatElement(0, count: count))
-    }
-}
+import LittleEndianBytes
 
 /// Why bytes from the other side are not a valid message, header, entry or snapshot
 /// (docs/frontend-protocol.md §9). Each names the offending field.

@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 /// The 40-byte `virtio_iommu_config` (virtio 1.4 §5.13.4), little-endian.
 public struct ConfigSpace: Hashable, Sendable {
     public static let size = 40

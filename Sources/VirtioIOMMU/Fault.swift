@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 /// A translation fault, reported to the driver as a 24-byte event (virtio 1.4 §5.13.6.9).
 public struct Fault: Hashable, Sendable, CustomStringConvertible {
     public enum Reason: UInt8, Sendable, CustomStringConvertible {

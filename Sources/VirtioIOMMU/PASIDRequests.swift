@@ -1,3 +1,4 @@
+import LittleEndianBytes
 import PASIDAllocators
 
 // The device-readable parts of the PASID extension's requests (docs/pasid-extension.md).

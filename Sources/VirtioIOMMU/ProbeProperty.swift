@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 /// PROBE property types (virtio 1.4 §5.13.6.8); the 12-bit type shares a le16 with 4 reserved bits.
 public enum ProbePropertyType: UInt16, Sendable {
     case none = 0

@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 // The device-readable parts of the five standard requests (virtio 1.4 §5.13.6.3–§5.13.6.7).
 // Each decodes from a snapshot that holds at least `RequestType.readableSize` bytes, head included,
 // and encodes back to the same bytes (for test front-ends and tools).

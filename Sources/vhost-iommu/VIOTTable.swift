@@ -1,3 +1,5 @@
+import LittleEndianBytes
+
 /// The ACPI VIOT table that tells a guest which PCI devices sit behind a virtio-iommu.
 ///
 /// QEMU builds it only for its built-in virtio-iommu-pci; with the generic vhost-user device the guest
@@ -64,11 +66,5 @@ struct VIOTTable {
         guard parts.count == 3, let bus = UInt16(parts[0], radix: 16), let device = UInt16(parts[1], radix: 16),
               let function = UInt16(parts[2]), bus < 256, device < 32, function < 8 else { return nil }
         return bus << 8 | device << 3 | function
-    }
-}
-
-extension Array where Element == UInt8 {
-    mutating func appendLE<T: FixedWidthInteger>(_ value: T) {
-        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
     }
 }
