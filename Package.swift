@@ -24,12 +24,14 @@ let package = Package(
             "PASIDAllocators", "LittleEndianBytes",
             .product(name: "DequeModule", package: "swift-collections"),
         ]),
-        .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU", "PASIDAllocators", "SeededRandom"]),
+        .testTarget(name: "VirtioIOMMUTests", dependencies: ["VirtioIOMMU", "PASIDAllocators", "SeededRandom", "CHeaderCheck"]),
         // Little-endian field access at byte offsets: the one copy the model, the front-end protocol and the
         // daemon's ACPI table share.
         .target(name: "LittleEndianBytes"),
         // The seeded generator randomized tests and benchmarks share (replayable from the printed seed).
         .target(name: "SeededRandom"),
+        // Test support: include/'s C headers compiled against the Swift encoders' sizes and offsets.
+        .target(name: "CHeaderCheck"),
         // What the device model needs of the host-wide PASID allocator: the protocol and the in-memory
         // store. No C, no system calls, so the model, its tests and FuzzRequests need no SQLite.
         .target(name: "PASIDAllocators"),
@@ -43,7 +45,7 @@ let package = Package(
         // How the model's recorded changes become log operations: the one place that knows both.
         .target(name: "ModelMirroring", dependencies: ["VirtioIOMMU", "IOMMUFrontend"]),
         .testTarget(name: "IOMMUFrontendTests", dependencies: [
-            "IOMMUFrontend", "VirtioIOMMU", "PASIDAllocators", "ModelMirroring", "SeededRandom",
+            "IOMMUFrontend", "VirtioIOMMU", "PASIDAllocators", "ModelMirroring", "SeededRandom", "CHeaderCheck",
         ]),
         // Thin C helpers for epoll, eventfd, memfd, CMSG and ring-index atomics.
         .target(name: "CVhostUser"),

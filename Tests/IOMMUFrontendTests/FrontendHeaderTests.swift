@@ -1,16 +1,10 @@
-import Glibc
+import CHeaderCheck
 import Testing
 @testable import IOMMUFrontend
 
 /// include/vhost_iommu_frontend.h must agree with the Swift codecs (docs/frontend-protocol.md §2–§8): a C
 /// compiler checks every size, offset and constant against the numbers the Swift side uses.
 @Suite struct FrontendHeaderTests {
-    static var repositoryRoot: String {
-        var path = #filePath
-        for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
-        return path
-    }
-
     /// Offsets of fields in the Swift encodings, found by encoding distinct values and searching for them.
     static func offset(of needle: [UInt8], in bytes: [UInt8]) -> Int {
         for i in 0...(bytes.count - needle.count) where Array(bytes[i..<i + needle.count]) == needle { return i }
@@ -152,13 +146,7 @@ import Testing
             CHECK(offsetof(struct vhost_iommu_snapshot_commit, req_pos) == \(offsets.commitPos));
             int main(void) { return 0; }
             """
-        let file = "/tmp/frontend-header-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).c"
-        defer { unlink(file) }
-        let fd = open(file, O_CREAT | O_WRONLY | O_TRUNC, 0o600)
-        _ = Array(source.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        let status = system("cc -std=c11 -Wall -Werror -fsyntax-only -I\(Self.repositoryRoot)/include \(file)")
-        #expect(status == 0)
+        try CHeaderCheck.compile(source)
         // The encodings have the sizes the header gives (§5.1, §8.2).
         #expect(entry.count == 64 && layout.count == 64 && snapshot.count == 32 + 8 + 8 + 32 + 8)
     }

@@ -13,33 +13,30 @@ import VirtioIOMMU
 /// endpoint, address and access flags; bad records are refused and counted; and what a fault flood can
 /// make the daemon hold is capped: the ring's size on QEMU's side, `maxPendingFaults` (256) in the model.
 @Suite struct FrontendFaultRingTests {
+    /// A connection with the region set up and the fault ring granted; the descriptors stay open for its life.
     final class Session {
         let daemon: Daemon
-        let frontend: TestFrontend
-        let requests: DriverQueue
-        let events: DriverQueue
+        let connection: FrontendConnection
         let shared: SharedRegion
-        var region: FrontendRegion { shared.region }
-        let layout: RegionLayout
         let faultSignal: OwnedFileDescriptor
+        let bell: OwnedFileDescriptor, ack: OwnedFileDescriptor
         var writer: FaultRingWriter
-        // Kept open for the session's life.
-        let memory: SharedMemory, bell: OwnedFileDescriptor, ack: OwnedFileDescriptor
+        var region: FrontendRegion { shared.region }
+        var layout: RegionLayout { writer.layout }
+        var frontend: TestFrontend { connection.frontend }
+        var requests: DriverQueue { connection.requests }
+        var events: DriverQueue { connection.events }
+        var memory: SharedMemory { connection.memory }
 
-        init(daemon: Daemon, frontend: TestFrontend, requests: DriverQueue, events: DriverQueue, region: SharedRegion,
-             layout: RegionLayout, faultSignal: consuming OwnedFileDescriptor, writer: FaultRingWriter, memory: SharedMemory,
-             bell: consuming OwnedFileDescriptor, ack: consuming OwnedFileDescriptor) {
+        init(daemon: Daemon, connection: FrontendConnection, shared: SharedRegion, faultSignal: consuming OwnedFileDescriptor,
+             bell: consuming OwnedFileDescriptor, ack: consuming OwnedFileDescriptor, writer: FaultRingWriter) {
             self.daemon = daemon
-            self.frontend = frontend
-            self.requests = requests
-            self.events = events
-            self.shared = region
-            self.layout = layout
+            self.connection = connection
+            self.shared = shared
             self.faultSignal = faultSignal
-            self.writer = writer
-            self.memory = memory
             self.bell = bell
             self.ack = ack
+            self.writer = writer
         }
 
         /// Appends records, signals the fault eventfd, and waits until the daemon moved `fault_head` past
@@ -79,9 +76,8 @@ import VirtioIOMMU
             frontend, .setRegion, setRegion.encoded, fds: [shared.file.rawValue, bell.rawValue, ack.rawValue, faultSignal.rawValue])) == .ok)
         #expect(shared.region.loadAcquire(at: FaultRing.headOffset) == 1000, "§10.3: the back-end starts at fault_tail")
         try connection.startRings()
-        return Session(daemon: daemon, frontend: frontend, requests: connection.requests, events: connection.events,
-                       region: shared, layout: layout, faultSignal: faultSignal, writer: writer, memory: connection.memory,
-                       bell: bell, ack: ack)
+        return Session(daemon: daemon, connection: connection, shared: shared, faultSignal: faultSignal,
+                       bell: bell, ack: ack, writer: writer)
     }
 
     static func stat(_ session: Session, _ key: String) throws -> Int {

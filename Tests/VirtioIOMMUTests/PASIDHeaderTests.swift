@@ -1,16 +1,10 @@
-import Glibc
+import CHeaderCheck
 import Testing
 @_spi(Fuzzing) @testable import VirtioIOMMU
 
 /// include/virtio_iommu_pasid.h must agree with the model's wire format: a C compiler checks the
 /// sizes and offsets against the numbers the Swift encoders produce.
 @Suite struct PASIDHeaderTests {
-    static var repositoryRoot: String {
-        var path = #filePath
-        for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
-        return path
-    }
-
     @Test func headerMatchesTheWireFormat() throws {
         let attach = PASIDAttachmentRequest(domain: 1, endpoint: 2, pasid: 3).encoded(.attachPASID).count + 4
         let alloc = AllocPASIDRequest().encoded.count + AllocPASIDRequest.writableSize
@@ -35,13 +29,7 @@ import Testing
             _Static_assert((1ULL << VIRTIO_IOMMU_F_PASID) == \(Features.pasid.rawValue)ULL, "feature");
             int main(void) { return 0; }
             """
-        let file = "/tmp/pasid-header-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).c"
-        defer { unlink(file) }
-        let fd = open(file, O_CREAT | O_WRONLY | O_TRUNC, 0o600)
-        _ = Array(source.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        let status = system("cc -std=c11 -Wall -Werror -fsyntax-only -I\(Self.repositoryRoot)/include \(file)")
-        #expect(status == 0)
+        try CHeaderCheck.compile(source)
         #expect(attach == 32 && alloc == 32 && free == 24)
     }
 }

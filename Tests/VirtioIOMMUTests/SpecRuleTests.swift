@@ -403,52 +403,32 @@ import Testing
         #expect(device.unmap(1, 0, 1000) == .ok)
     }
 
-    // The spec's UNMAP examples (§5.13.6.6), with byte granularity, sizes as in the spec.
-    @Test func example1_unmapEmpty() {
-        var device = attached(byteGranule: true)
-        #expect(device.unmap(1, 0, 4) == .ok)
+    /// One of the spec's UNMAP examples (§5.13.6.6), with byte granularity and the spec's sizes: what is
+    /// mapped (inclusive ranges), what UNMAP asks, its status, and the ranges that stay.
+    struct UnmapExample: Sendable, CustomTestStringConvertible {
+        var name: String
+        var mapped: [ClosedRange<UInt64>]
+        var unmap: ClosedRange<UInt64>
+        var status: Status
+        var remaining: [ClosedRange<UInt64>] = []
+        var testDescription: String { name }
     }
 
-    @Test func example2_unmapExact() {
-        var device = attached(byteGranule: true)
-        _ = device.map(1, 0, 9)
-        #expect(device.unmap(1, 0, 9) == .ok)
-        #expect(device.mappingCount == 0)
-    }
+    static let unmapExamples = [
+        UnmapExample(name: "1: nothing mapped", mapped: [], unmap: 0...4, status: .ok),
+        UnmapExample(name: "2: exactly one mapping", mapped: [0...9], unmap: 0...9, status: .ok),
+        UnmapExample(name: "3: two adjacent mappings", mapped: [0...4, 5...9], unmap: 0...9, status: .ok),
+        UnmapExample(name: "4: splitting fails", mapped: [0...9], unmap: 0...4, status: .range, remaining: [0...9]),
+        UnmapExample(name: "5: the first of two", mapped: [0...4, 5...9], unmap: 0...4, status: .ok, remaining: [5...9]),
+        UnmapExample(name: "6: larger than the mapping", mapped: [0...4], unmap: 0...9, status: .ok),
+        UnmapExample(name: "7: across a hole", mapped: [0...4, 10...14], unmap: 0...14, status: .ok),
+    ]
 
-    @Test func example3_unmapTwoAdjacent() {
+    @Test(arguments: unmapExamples) func specExample(_ example: UnmapExample) {
         var device = attached(byteGranule: true)
-        _ = device.map(1, 0, 4); _ = device.map(1, 5, 9)
-        #expect(device.unmap(1, 0, 9) == .ok)
-        #expect(device.mappingCount == 0)
-    }
-
-    @Test func example4_splitFails() {
-        var device = attached(byteGranule: true)
-        _ = device.map(1, 0, 9)
-        #expect(device.unmap(1, 0, 4) == .range)
-        #expect(device.mappings(of: 1).map(\.virtualEnd) == [9])
-    }
-
-    @Test func example5_unmapFirstOfTwo() {
-        var device = attached(byteGranule: true)
-        _ = device.map(1, 0, 4); _ = device.map(1, 5, 9)
-        #expect(device.unmap(1, 0, 4) == .ok)
-        #expect(device.mappings(of: 1).map(\.virtualStart) == [5])
-    }
-
-    @Test func example6_unmapLarger() {
-        var device = attached(byteGranule: true)
-        _ = device.map(1, 0, 4)
-        #expect(device.unmap(1, 0, 9) == .ok)
-        #expect(device.mappingCount == 0)
-    }
-
-    @Test func example7_unmapAcrossHole() {
-        var device = attached(byteGranule: true)
-        _ = device.map(1, 0, 4); _ = device.map(1, 10, 14)
-        #expect(device.unmap(1, 0, 14) == .ok)
-        #expect(device.mappingCount == 0)
+        for range in example.mapped { #expect(device.map(1, range.lowerBound, range.upperBound) == .ok) }
+        #expect(device.unmap(1, example.unmap.lowerBound, example.unmap.upperBound) == example.status)
+        #expect(device.mappings(of: 1).map { $0.virtualStart...$0.virtualEnd } == example.remaining)
     }
 }
 
