@@ -22,11 +22,14 @@ import Testing
 /// default 3), VHOST_IOMMU_DISK_BENCH_MIB (sequential size, default 64, at most the 64 MiB image),
 /// VHOST_IOMMU_DISK_BENCH_SECONDS (random reads, default 3), VHOST_IOMMU_DAEMON_ARGS (extra daemon options),
 /// and VHOST_IOMMU_DISK_BENCH_VARIANTS to compare more vhost-user configurations in the same run:
-/// `NAME:daemon=PATH,qemu=PATH,args=OPT OPT;NAME2:…` (each key optional; qemu= changes only that
-/// configuration's binary, so give it a binary that differs from the stock one only in the front-end).
-/// VHOST_IOMMU_DISK_BENCH_PIN=`vcpu=0,emulator=1,daemon=1` pins, in every configuration alike, QEMU's vCPU
-/// thread, its other threads (main loop; AIO workers inherit the main loop's mask) and all the daemon's
-/// threads to those CPUs once the guest is up, the layout an operator gives a polling back-end.
+/// `NAME:daemon=PATH,qemu=PATH,args=OPT OPT,nice=N,pin=ROLE:CPUS/ROLE:CPUS;NAME2:…` (each key optional;
+/// qemu= changes only that configuration's binary, so give it a binary that differs from the stock one only
+/// in the front-end; nice= sets the daemon's nice value on all its threads once the guest is up; pin=
+/// replaces VHOST_IOMMU_DISK_BENCH_PIN for that configuration, `pin=none` pins nothing).
+/// The configurations: the built-in device, the daemon as shipped, and the daemon "deployed" (`deployedPinning`).
+/// VHOST_IOMMU_DISK_BENCH_PIN=`vcpu=0,emulator=1,daemon=1` pins, in every configuration without its own,
+/// QEMU's vCPU thread, its other threads (main loop; AIO workers inherit the main loop's mask) and all the
+/// daemon's threads to those CPUs once the guest is up (unset: no pinning).
 @Suite(.serialized, .enabled(if: GuestFiles.unavailableReason == nil && DiskBenchSettings.rounds != nil,
                              "set VHOST_IOMMU_DISK_BENCH_ROUNDS (scripts/bench-guest --disk)"))
 struct DiskBenchmark: GuestWorkload {
@@ -37,12 +40,23 @@ struct DiskBenchmark: GuestWorkload {
     static let size = min(integer("VHOST_IOMMU_DISK_BENCH_MIB") ?? 64, DiskDMATests.imageSize >> 20) << 20
     static let randomSeconds = integer("VHOST_IOMMU_DISK_BENCH_SECONDS") ?? 3
     static let randomRange = 4 << 20
-    /// CPU lists by role ("vcpu", "emulator", "daemon"), for `taskset -c`.
-    static let pinning: [String: String] = Dictionary(
-        (environment["VHOST_IOMMU_DISK_BENCH_PIN"] ?? "").split(separator: ",").compactMap { pair in
-            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+    /// The gate's configuration ("deployed"), as the README deploys the daemon as a polling back-end: a CPU
+    /// of its own (CPU 1) and QEMU, vCPU and all, on the other (CPU 0); a polling window of 1 ms, so that
+    /// the spin lasts through the guest's I/O and no request pays a wake-up. The built-in device and the
+    /// daemon as shipped run unpinned, QEMU free on both CPUs (the built-in device's best layout).
+    static let deployedPinning = ["vcpu": "0", "emulator": "0", "daemon": "1"]
+    static let deployedArguments = ["--poll-max-us", "1000"]
+    /// CPU lists by role ("vcpu", "emulator", "daemon"), for `taskset -c`, for the configurations without their own.
+    static let pinning = parsePinning(environment["VHOST_IOMMU_DISK_BENCH_PIN"] ?? "", separators: (",", "="))
+
+    /// `role=cpus,role=cpus` (or, inside a variant, `role:cpus/role:cpus`) as a dictionary.
+    static func parsePinning(_ text: String, separators: (list: Character, pair: Character)) -> [String: String] {
+        Dictionary(text.split(separator: separators.list).compactMap { pair in
+            let parts = pair.split(separator: separators.pair, maxSplits: 1).map(String.init)
             return parts.count == 2 ? (parts[0], parts[1]) : nil
         }, uniquingKeysWith: { _, last in last })
+    }
+
     /// Where the disk image lives: tmpfs by default, so that the guest's fdatasync (timed in blk-io's write)
     /// and the host's writeback do not put the host disk's speed into the figures (both devices alike).
     static let imageFolder = environment["VHOST_IOMMU_DISK_BENCH_FOLDER"]
@@ -54,11 +68,23 @@ struct DiskBenchmark: GuestWorkload {
         var daemon = RealGuestTests.daemonExecutable
         var daemonArguments: [String] = []
         var qemu: String?
+        /// The daemon's nice value, set on each of its threads once the guest is up (like the pinning).
+        var nice: Int?
+        /// This configuration's own pinning instead of VHOST_IOMMU_DISK_BENCH_PIN's.
+        var pinning: [String: String]?
+
+        var summary: String {
+            var text = "\(name) \(iommu) \(daemonArguments.joined(separator: " ")) \(qemu ?? "")"
+            if let nice { text += " nice \(nice)" }
+            if let pinning { text += " pinned " + pinning.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
+            return text
+        }
     }
 
     static var configurations: [Configuration] {
         var list = [Configuration(name: "built-in", iommu: .builtIn),
-                    Configuration(name: "vhost-user", iommu: .vhostUser, daemonArguments: RealGuestTests.extraDaemonArguments)]
+                    Configuration(name: "vhost-user", iommu: .vhostUser, daemonArguments: RealGuestTests.extraDaemonArguments),
+                    Configuration(name: "deployed", iommu: .vhostUser, daemonArguments: deployedArguments, pinning: deployedPinning)]
         for variant in (environment["VHOST_IOMMU_DISK_BENCH_VARIANTS"] ?? "").split(separator: ";") {
             let parts = variant.split(separator: ":", maxSplits: 1)
             var configuration = Configuration(name: String(parts[0]), iommu: .vhostUser)
@@ -69,6 +95,8 @@ struct DiskBenchmark: GuestWorkload {
                 case "daemon": configuration.daemon = URL(fileURLWithPath: pair[1])
                 case "qemu": configuration.qemu = pair[1]
                 case "args": configuration.daemonArguments = pair[1].split(separator: " ").map(String.init)
+                case "nice": configuration.nice = Int(pair[1])
+                case "pin": configuration.pinning = parsePinning(pair[1], separators: ("/", ":"))
                 default: break
                 }
             }
@@ -115,7 +143,7 @@ struct DiskBenchmark: GuestWorkload {
         print("disk-bench: \(rounds) rounds × \(Self.repeats) per boot; image in \(Self.imageFolder); 64 KiB O_DIRECT write and read of \(Self.size >> 20) MiB, "
               + "\(Self.randomSeconds) s random 4 KiB reads over \(Self.randomRange >> 20) MiB; iommu.strict=1, TCG, 1 vCPU; "
               + (Self.pinning.isEmpty ? "" : "pinned \(Self.pinning.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")); ")
-              + configurations.map { "\($0.name) \($0.iommu) \($0.daemonArguments.joined(separator: " ")) \($0.qemu ?? "")" }.joined(separator: "; "))
+              + configurations.map(\.summary).joined(separator: "; "))
         // boots[configuration][round]
         var boots = Array(repeating: [Boot](), count: configurations.count)
         for round in 0..<rounds {
@@ -188,7 +216,8 @@ struct DiskBenchmark: GuestWorkload {
         let qemuPID = machine.process.processIdentifier
         let daemonPID = daemon?.process.processIdentifier
 
-        try Self.pin(qemu: qemuPID, daemon: daemonPID)
+        try Self.pin(qemu: qemuPID, daemon: daemonPID, configuration.pinning ?? Self.pinning)
+        if let nice = configuration.nice, let daemonPID { try Self.renice(daemonPID, to: nice) }
 
         func threads() -> [String: ThreadTime] {
             var all = Self.threadTimes(qemuPID, "qemu")
@@ -223,7 +252,7 @@ struct DiskBenchmark: GuestWorkload {
     }
 
     /// Applies `pinning` with taskset: QEMU's vCPU threads, QEMU's other threads, the daemon's threads.
-    static func pin(qemu: pid_t, daemon: pid_t?) throws {
+    static func pin(qemu: pid_t, daemon: pid_t?, _ pinning: [String: String]) throws {
         guard !pinning.isEmpty else { return }
         let taskset = URL(fileURLWithPath: "/usr/bin/taskset")
         func set(_ cpus: String?, _ options: [String] = [], _ pid: String) throws {
@@ -236,6 +265,17 @@ struct DiskBenchmark: GuestWorkload {
             try set(comm.hasPrefix("CPU ") ? pinning["vcpu"] : pinning["emulator"], [], task)
         }
         if let daemon { try set(pinning["daemon"], ["-a"], "\(daemon)") }
+    }
+}
+
+extension DiskBenchmark {
+    /// Sets `nice` on every thread of `pid` (on Linux a nice value belongs to a thread, not to the process).
+    static func renice(_ pid: pid_t, to nice: Int) throws {
+        let renice = URL(fileURLWithPath: "/usr/bin/renice")
+        for task in try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") {
+            let result = try runCommand(renice, ["-n", "\(nice)", "-p", task])
+            try #require(result.status == 0, "renice \(nice) \(task): \(result.errors)")
+        }
     }
 }
 
