@@ -20,12 +20,14 @@ import Testing
 /// The image is on /dev/shm unless VHOST_IOMMU_DISK_BENCH_FOLDER says otherwise (`imageFolder`).
 /// Environment: VHOST_IOMMU_DISK_BENCH_ROUNDS (rounds), VHOST_IOMMU_DISK_BENCH_REPEATS (steps per boot,
 /// default 3), VHOST_IOMMU_DISK_BENCH_MIB (sequential size, default 64, at most the 64 MiB image),
-/// VHOST_IOMMU_DISK_BENCH_SECONDS (random reads, default 3), VHOST_IOMMU_DAEMON_ARGS (extra daemon options),
+/// VHOST_IOMMU_DISK_BENCH_SECONDS (random reads, default 3), VHOST_IOMMU_DAEMON_ARGS (extra options of the
+/// daemon as shipped, the "vhost-user" configuration),
 /// and VHOST_IOMMU_DISK_BENCH_VARIANTS to compare more vhost-user configurations in the same run:
 /// `NAME:daemon=PATH,qemu=PATH,args=OPT OPT,nice=N,pin=ROLE:CPUS/ROLE:CPUS;NAME2:…` (each key optional;
 /// qemu= changes only that configuration's binary, so give it a binary that differs from the stock one only
 /// in the front-end; nice= sets the daemon's nice value on all its threads once the guest is up; pin=
-/// replaces VHOST_IOMMU_DISK_BENCH_PIN for that configuration, `pin=none` pins nothing).
+/// replaces VHOST_IOMMU_DISK_BENCH_PIN for that configuration, `pin=none` pins nothing; CPU lists there
+/// take ranges such as `0-1`, not commas). A value that does not parse stops the run.
 /// The configurations: the built-in device, the daemon as shipped, and the daemon "deployed" (`deployedPinning`).
 /// VHOST_IOMMU_DISK_BENCH_PIN=`vcpu=0,emulator=1,daemon=1` pins, in every configuration without its own,
 /// QEMU's vCPU thread, its other threads (main loop; AIO workers inherit the main loop's mask) and all the
@@ -41,11 +43,28 @@ struct DiskBenchmark: GuestWorkload {
     static let randomSeconds = integer("VHOST_IOMMU_DISK_BENCH_SECONDS") ?? 3
     static let randomRange = 4 << 20
     /// The gate's configuration ("deployed"), as the README deploys the daemon as a polling back-end: a CPU
-    /// of its own (CPU 1) and QEMU, vCPU and all, on the other (CPU 0); a polling window of 1 ms, so that
-    /// the spin lasts through the guest's I/O and no request pays a wake-up. The built-in device and the
-    /// daemon as shipped run unpinned, QEMU free on both CPUs (the built-in device's best layout).
-    static let deployedPinning = ["vcpu": "0", "emulator": "0", "daemon": "1"]
+    /// of its own (the last this process may use) and QEMU, vCPU and all, on the others; a polling window
+    /// of 1 ms, so that the spin lasts through the guest's I/O and fewer bursts of requests start with a
+    /// wake-up. The built-in device and the daemon as shipped run unpinned, QEMU free on every CPU (the
+    /// built-in device's best layout). Nil, and the configuration left out, with fewer than 2 CPUs.
+    static let deployedPinning: [String: String]? = {
+        let allowed = allowedCPUs()
+        guard allowed.count >= 2, let daemon = allowed.last else { return nil }
+        let qemu = allowed.dropLast().map(String.init).joined(separator: ",")
+        return ["vcpu": qemu, "emulator": qemu, "daemon": String(daemon)]
+    }()
     static let deployedArguments = ["--poll-max-us", "1000"]
+
+    /// The CPUs this process may run on (`Cpus_allowed_list` of /proc/self/status, e.g. `0-1` or `0,2-3`).
+    static func allowedCPUs() -> [Int] {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }) else { return [] }
+        return line.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces).split(separator: ",").flatMap { part -> [Int] in
+            let bounds = part.split(separator: "-").compactMap { Int($0) }
+            guard let first = bounds.first, let last = bounds.last, first <= last else { return [] }
+            return Array(first...last)
+        }
+    }
     /// CPU lists by role ("vcpu", "emulator", "daemon"), for `taskset -c`, for the configurations without their own.
     static let pinning = parsePinning(environment["VHOST_IOMMU_DISK_BENCH_PIN"] ?? "", separators: (",", "="))
 
@@ -62,6 +81,9 @@ struct DiskBenchmark: GuestWorkload {
     static let imageFolder = environment["VHOST_IOMMU_DISK_BENCH_FOLDER"]
         ?? (access("/dev/shm", W_OK) == 0 ? "/dev/shm" : FileManager.default.temporaryDirectory.path)
 
+    /// A VHOST_IOMMU_DISK_BENCH_VARIANTS entry that does not parse.
+    struct VariantError: Error, CustomStringConvertible { var text: String; var description: String { text } }
+
     struct Configuration {
         var name: String
         var iommu: DiskDMATests.IOMMU
@@ -76,28 +98,38 @@ struct DiskBenchmark: GuestWorkload {
         var summary: String {
             var text = "\(name) \(iommu) \(daemonArguments.joined(separator: " ")) \(qemu ?? "")"
             if let nice { text += " nice \(nice)" }
-            if let pinning { text += " pinned " + pinning.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
+            if let pinning, !pinning.isEmpty {
+                text += " pinned " + pinning.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            }
             return text
         }
     }
 
-    static var configurations: [Configuration] {
+    static func configurations() throws -> [Configuration] {
         var list = [Configuration(name: "built-in", iommu: .builtIn),
-                    Configuration(name: "vhost-user", iommu: .vhostUser, daemonArguments: RealGuestTests.extraDaemonArguments),
-                    Configuration(name: "deployed", iommu: .vhostUser, daemonArguments: deployedArguments, pinning: deployedPinning)]
+                    Configuration(name: "vhost-user", iommu: .vhostUser, daemonArguments: RealGuestTests.extraDaemonArguments)]
+        if let deployedPinning {
+            list.append(Configuration(name: "deployed", iommu: .vhostUser, daemonArguments: deployedArguments, pinning: deployedPinning))
+        } else {
+            print("disk-bench: no \"deployed\" configuration: it needs 2 CPUs, this process may use \(allowedCPUs())")
+        }
         for variant in (environment["VHOST_IOMMU_DISK_BENCH_VARIANTS"] ?? "").split(separator: ";") {
             let parts = variant.split(separator: ":", maxSplits: 1)
             var configuration = Configuration(name: String(parts[0]), iommu: .vhostUser)
             for option in parts.count > 1 ? parts[1].split(separator: ",") : [] {
                 let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
-                guard pair.count == 2 else { continue }
+                try #require(pair.count == 2, "variant \(parts[0]): \(option) is not KEY=VALUE")
                 switch pair[0] {
                 case "daemon": configuration.daemon = URL(fileURLWithPath: pair[1])
                 case "qemu": configuration.qemu = pair[1]
                 case "args": configuration.daemonArguments = pair[1].split(separator: " ").map(String.init)
-                case "nice": configuration.nice = Int(pair[1])
-                case "pin": configuration.pinning = parsePinning(pair[1], separators: ("/", ":"))
-                default: break
+                case "nice":
+                    guard let value = Int(pair[1]) else { throw VariantError(text: "variant \(parts[0]): nice=\(pair[1])") }
+                    configuration.nice = value
+                case "pin":
+                    configuration.pinning = parsePinning(pair[1], separators: ("/", ":"))
+                    try #require(pair[1] == "none" || !configuration.pinning!.isEmpty, "variant \(parts[0]): pin=\(pair[1])")
+                default: Issue.record("variant \(parts[0]): unknown key \(pair[0])")
                 }
             }
             list.append(configuration)
@@ -138,7 +170,7 @@ struct DiskBenchmark: GuestWorkload {
 
     @Test func diskThroughputBothIOMMUsSideBySide() throws {
         let files = try GuestFiles.install()
-        let configurations = Self.configurations
+        let configurations = try Self.configurations()
         let rounds = Self.rounds ?? 1
         print("disk-bench: \(rounds) rounds × \(Self.repeats) per boot; image in \(Self.imageFolder); 64 KiB O_DIRECT write and read of \(Self.size >> 20) MiB, "
               + "\(Self.randomSeconds) s random 4 KiB reads over \(Self.randomRange >> 20) MiB; iommu.strict=1, TCG, 1 vCPU; "

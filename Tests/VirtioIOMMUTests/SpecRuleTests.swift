@@ -429,6 +429,7 @@ import Testing
         for range in example.mapped { #expect(device.map(1, range.lowerBound, range.upperBound) == .ok) }
         #expect(device.unmap(1, example.unmap.lowerBound, example.unmap.upperBound) == example.status)
         #expect(device.mappings(of: 1).map { $0.virtualStart...$0.virtualEnd } == example.remaining)
+        #expect(device.mappingCount == example.remaining.count)
     }
 }
 
