@@ -47,7 +47,7 @@ let package = Package(
         .testTarget(name: "IOMMUFrontendTests", dependencies: [
             "IOMMUFrontend", "VirtioIOMMU", "PASIDAllocators", "ModelMirroring", "SeededRandom", "CHeaderCheck",
         ]),
-        // Thin C helpers for epoll, eventfd, memfd, CMSG and ring-index atomics.
+        // Thin C helpers for epoll, eventfd, memfd, CMSG, the front-end region's 64-bit atomics and the spin hint.
         .target(name: "CVhostUser"),
         // The device-agnostic vhost-user engine, free of the OS: messages, validation and dispatch, split
         // rings over host-mapped memory, the polling policy. No Glibc, no swift-system, no C shim.

@@ -6,7 +6,6 @@ public struct OwnedFileDescriptor: ~Copyable, Sendable {
     public let descriptor: FileDescriptor
 
     public init(_ descriptor: FileDescriptor) { self.descriptor = descriptor }
-    public init(raw: CInt) { self.descriptor = FileDescriptor(rawValue: raw) }
     /// Takes over a descriptor the engine received (`ReceivedDescriptors.take`).
     public init(_ owned: consuming OwnedDescriptor) { self.descriptor = FileDescriptor(owned.release()) }
 

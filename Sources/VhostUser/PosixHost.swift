@@ -59,7 +59,7 @@ final class PosixHost: VhostUserHost, @unchecked Sendable {
     @discardableResult
     func readMessages() -> Bool {
         guard let fd = connection else { return false }
-        return withUnsafeTemporaryAllocation(byteCount: engine.limits.maxMessageSize + MessageHeader.size, alignment: 8) { buffer in
+        return withUnsafeTemporaryAllocation(byteCount: engine.largestMessage, alignment: 8) { buffer in
             // Stop reading while replies are pending: a front-end that does not read cannot make us queue without bound.
             while !engine.disconnectRequested && !connectionFailed && !hasUnsentReplies {
                 let want = min(engine.bytesWanted, buffer.count)

@@ -69,6 +69,7 @@ extension VhostUserEngine {
         // Locals, not properties, inside the loop: each read of a class property costs a retain.
         let device = self.device
         let memory = self.memory
+        let host = self.host
         let onDemand = device.mode(ofQueue: queue.index) == .onDemand
         let previousUsed = queue.usedIndex
         var handled = 0

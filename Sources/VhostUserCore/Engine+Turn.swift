@@ -6,6 +6,8 @@ extension VhostUserEngine {
     /// How many bytes the message in progress still needs: a reader that asks for no more never mixes
     /// two messages' descriptors.
     public var bytesWanted: Int { decoder.bytesWanted }
+    /// The largest message the decoder accepts, header included: what a driver's read buffer must hold.
+    public var largestMessage: Int { decoder.maxPayloadSize + MessageHeader.size }
 
     /// Feeds bytes from the front-end (and the descriptors that came with them); handles every message
     /// they complete. A fatal protocol error asks for the connection to end (`disconnectRequested`).
@@ -68,9 +70,7 @@ extension VhostUserEngine {
     }
 
     /// Turns kicks back on wherever polling had turned them off.
-    public func resumeKicks() {
-        for queue in queues where queue.kicksSuppressed { _ = try? queue.setKicks(enabled: true) }
-    }
+    public func resumeKicks() { _ = stopPolling() }
 
     /// Adjusts the polling window after a wait of `nanoseconds` (poll and block together) that ended in
     /// work found by polling or not.

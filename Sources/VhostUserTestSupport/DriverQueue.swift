@@ -1,4 +1,3 @@
-import CVhostUser
 import Glibc
 import SystemPackage
 import VhostUser
@@ -128,7 +127,7 @@ public final class DriverQueue: @unchecked Sendable {
         let slot = memory.pointer(availRing + 4 + UInt64(2 * (Int(availIndex) % size)))
         slot.storeBytes(of: head.littleEndian, as: UInt16.self)
         availIndex &+= 1
-        cvu_store_release_u16(memory.pointer(availRing + 2), availIndex.littleEndian)
+        RingAtomics.storeRelease(memory.pointer(availRing + 2), availIndex.littleEndian)
     }
 
     /// Puts every head in the avail ring and publishes avail.idx once, so the device sees them together.
@@ -138,13 +137,13 @@ public final class DriverQueue: @unchecked Sendable {
             slot.storeBytes(of: head.littleEndian, as: UInt16.self)
             availIndex &+= 1
         }
-        cvu_store_release_u16(memory.pointer(availRing + 2), availIndex.littleEndian)
+        RingAtomics.storeRelease(memory.pointer(availRing + 2), availIndex.littleEndian)
     }
 
     /// Sets avail.idx directly (to test a corrupt ring).
     public func setAvailIndex(_ value: UInt16) {
         availIndex = value
-        cvu_store_release_u16(memory.pointer(availRing + 2), value.littleEndian)
+        RingAtomics.storeRelease(memory.pointer(availRing + 2), value.littleEndian)
     }
 
     /// Rewrites the ring in place as a driver restarting after a device reset does: every
@@ -165,11 +164,11 @@ public final class DriverQueue: @unchecked Sendable {
         memory.pointer(availRing + 4 + UInt64(2 * size)).storeBytes(of: value.littleEndian, as: UInt16.self)
     }
     public var availEvent: UInt16 {
-        UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing + 4 + UInt64(8 * size))))
+        UInt16(littleEndian: RingAtomics.loadAcquire(memory.pointer(usedRing + 4 + UInt64(8 * size))))
     }
     /// used.flags as the device last wrote it (bit 0: VIRTQ_USED_F_NO_NOTIFY).
-    public var usedFlags: UInt16 { UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing))) }
-    public var usedIndex: UInt16 { UInt16(littleEndian: cvu_load_acquire_u16(memory.pointer(usedRing + 2))) }
+    public var usedFlags: UInt16 { UInt16(littleEndian: RingAtomics.loadAcquire(memory.pointer(usedRing))) }
+    public var usedIndex: UInt16 { UInt16(littleEndian: RingAtomics.loadAcquire(memory.pointer(usedRing + 2))) }
 
     public func kickNow() { kick.signal() }
 
@@ -184,7 +183,7 @@ public final class DriverQueue: @unchecked Sendable {
     /// §2.7.10, what Linux's virtqueue_kick_prepare checks): with VIRTIO_F_EVENT_IDX when the new
     /// entries pass avail_event, otherwise unless the device set VIRTQ_USED_F_NO_NOTIFY.
     public func deviceWantsKick(since previous: UInt16, eventIndex: Bool) -> Bool {
-        cvu_full_fence()  // virtio_mb: the avail.idx store is visible before avail_event or flags are read
+        RingAtomics.fullFence()  // virtio_mb: the avail.idx store is visible before avail_event or flags are read
         if eventIndex { return availIndex &- availEvent &- 1 < availIndex &- previous }
         return usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
     }
@@ -193,7 +192,11 @@ public final class DriverQueue: @unchecked Sendable {
     /// kick, on its loop thread); false if the kick is still unread after `timeout`. A message sent after
     /// this returns is handled only once that kick's turn of the ring is over.
     public func waitForKickConsumed(timeout: Duration = .seconds(5)) -> Bool {
-        memory.side.settle()
+        // Embedded: once the engine has nothing left to do, nothing more can read the kick.
+        if case .embedded = memory.side {
+            memory.side.settle()
+            return !kick.isSignalled
+        }
         let deadline = ContinuousClock.now + timeout
         while true {
             if !kick.isSignalled { return true }

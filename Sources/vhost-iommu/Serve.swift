@@ -172,7 +172,7 @@ struct Serve: ParsableCommand {
         let backend = try VhostUserBackend(
             device: device, limits: .init(maxMemoryRegions: maxMemoryRegions, maxMessageSize: maxMessageSize),
             polling: AdaptivePolling(maximumNanoseconds: pollMaxUs * 1000,
-                                     yieldAfterNanoseconds: pollYieldUs.flatMap { $0 < pollMaxUs ? $0 * 1000 : nil }), logger: Logger(label: "vhost-user"))
+                                     yieldAfterNanoseconds: pollYieldUs.map { $0 * 1000 }), logger: Logger(label: "vhost-user"))
         let control = try controlSocket.map { try ControlServer(path: $0, device: device, sources: [backend], logger: logger) }
         let stop = Signals.handle(
             stop: { backend.requestStop(); control?.stop() },

@@ -34,13 +34,13 @@ struct VIOTTable {
         out.appendLE(UInt32(1))                  // creator revision
         out.appendLE(UInt16(1 + ranges.count))   // node count
         out.appendLE(UInt16(Self.nodeOffset))    // node offset
-        out += [UInt8](repeating: 0, count: 8)
+        out.appendZeros(8)
         // The virtio-pci IOMMU node (type 3).
         out += [3, 0]
         out.appendLE(UInt16(Self.iommuNodeSize))
         out.appendLE(iommuSegment)
         out.appendLE(iommuBDF)
-        out += [UInt8](repeating: 0, count: 8)
+        out.appendZeros(8)
         // PCI range nodes (type 1), each pointing at the IOMMU node.
         for range in ranges {
             out += [1, 0]
@@ -51,10 +51,10 @@ struct VIOTTable {
             out.appendLE(range.first)
             out.appendLE(range.last)
             out.appendLE(UInt16(Self.nodeOffset))
-            out += [UInt8](repeating: 0, count: 6)
+            out.appendZeros(6)
         }
         let length = UInt32(out.count)
-        withUnsafeBytes(of: length.littleEndian) { out.replaceSubrange(4..<8, with: $0) }
+        out.withUnsafeMutableBytes { $0.storeLE(length, at: 4) }
         let sum = out.reduce(UInt8(0), &+)
         out[9] = 0 &- sum
         return out

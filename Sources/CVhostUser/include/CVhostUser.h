@@ -1,5 +1,6 @@
 // Thin C helpers for what Swift's Glibc module does not expose: epoll, eventfd, memfd, the CMSG macros,
-// and atomic access to ring indices that live in memory shared with the guest.
+// and atomic access to the front-end protocol's 64-bit indices in memory shared with QEMU (the engine's
+// 16-bit ring indices go through swift-atomics: VhostUserCore's RingAtomics).
 #ifndef C_VHOST_USER_H
 #define C_VHOST_USER_H
 
@@ -20,20 +21,6 @@ static inline unsigned char *cvu_cmsg_data(struct cmsghdr *c) { return CMSG_DATA
 static inline size_t cvu_cmsg_space(size_t n) { return CMSG_SPACE(n); }
 static inline size_t cvu_cmsg_len(size_t n) { return CMSG_LEN(n); }
 
-// Ring indices: the driver publishes avail.idx with release semantics, so we read it with acquire;
-// we publish used.idx with release so that the used elements written before it are visible first.
-static inline uint16_t cvu_load_acquire_u16(const void *p) {
-    return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE);
-}
-static inline void cvu_store_release_u16(void *p, uint16_t v) {
-    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE);
-}
-static inline uint16_t cvu_load_relaxed_u16(const void *p) {
-    return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED);
-}
-static inline void cvu_store_relaxed_u16(void *p, uint16_t v) {
-    __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED);
-}
 // 64-bit indices in memory shared with another process (the front-end protocol's log indices).
 static inline uint64_t cvu_load_acquire_u64(const void *p) {
     return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE);
