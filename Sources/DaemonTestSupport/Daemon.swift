@@ -76,6 +76,8 @@ public final class Daemon: @unchecked Sendable {
 
     /// Everything the daemon has logged so far.
     public var log: String { logReader.text }
+    /// The log's lines at level error or critical (swift-log's default format names the level).
+    public var errorLines: [Substring] { log.split(separator: "\n").filter { $0.contains(" error ") || $0.contains(" critical ") } }
 
     /// Waits until the log contains `text` (or the daemon exits, or `timeout` passes); returns whether it does.
     @discardableResult

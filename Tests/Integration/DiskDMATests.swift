@@ -105,29 +105,11 @@ struct DiskDMATests: GuestWorkload {
             #expect(try groupType(machine, placement.bdf) == "DMA", "\(placement)")
 
             let before = try daemon.map { try requestCounts($0) }
-            let seed = String(format: "0x%llx", placement.writeSeed)
-            let written = try blkIO(machine, "/dev/\(name) write \(Self.range) \(Self.blockSize) \(seed)")
-            let read = try blkIO(machine, "/dev/\(name) read \(Self.range) \(Self.blockSize) \(seed)")
-            #expect(written["status"] == "ok" && read["status"] == "ok", "\(placement): write \(written), read \(read)\n\(machine.log)")
-
-            // The sums: the guest's write and read, the pattern's, and the host image's.
-            let pattern = DiskPattern.bytes(seed: placement.writeSeed, count: Self.range)
-            let expected = DiskPattern.hex(DiskPattern.fnv1a(pattern))
-            let host = try Data(contentsOf: URL(fileURLWithPath: image.path))
-            try #require(host.count == Self.imageSize, "\(image.path) is \(host.count) bytes")
-            let hostSum = host.withUnsafeBytes { DiskPattern.fnv1a(UnsafeRawBufferPointer(rebasing: $0[..<Self.range])) }
-            #expect(written["sum"] == expected, "\(placement): the guest wrote \(written), the pattern's sum is \(expected)")
-            #expect(read["sum"] == expected, "\(placement): the guest read back \(read), the pattern's sum is \(expected)")
-            #expect(DiskPattern.hex(hostSum) == expected, "\(placement): the host image's first \(Self.range) bytes sum to \(DiskPattern.hex(hostSum))")
-            let (head, tail) = host.withUnsafeBytes { host in
-                (pattern.withUnsafeBytes { memcmp(host.baseAddress!, $0.baseAddress!, Self.range) },
-                 image.prefill.withUnsafeBytes { memcmp(host.baseAddress! + Self.range, $0.baseAddress! + Self.range, Self.imageSize - Self.range) })
-            }
-            #expect(head == 0, "\(placement): the host image's first \(Self.range) bytes are not the pattern")
-            #expect(tail == 0, "\(placement): the guest changed the host image beyond the \(Self.range) bytes it wrote")
+            let (written, read) = try writeAndVerify(machine, disk: name, image: image, seed: placement.writeSeed,
+                                                     range: Self.range, blockSize: Self.blockSize, "\(placement)")
             print("disk-dma: \(iommu), \(placement) (\(placement.bdf), endpoint \(String(format: "0x%x", placement.endpoint))): "
                   + "\(Self.range >> 20) MiB at \(Self.blockSize) write \(written["mbps"] ?? "?") MB/s in \(written["seconds"] ?? "?") s, "
-                  + "read \(read["mbps"] ?? "?") MB/s in \(read["seconds"] ?? "?") s, sum \(expected)")
+                  + "read \(read["mbps"] ?? "?") MB/s in \(read["seconds"] ?? "?") s, sum \(written["sum"] ?? "?")")
 
             if let daemon {
                 // The daemon answered the disk's MAPs and UNMAPs (iommu.strict=1: an UNMAP per I/O), and the
@@ -220,8 +202,7 @@ struct DiskDMATests: GuestWorkload {
         #expect(machine.waitForExit() == 0, "QEMU exit\n\(machine.log)")
         if let daemon {
             #expect(daemon.waitForExit(timeout: .seconds(20)) == 0, "daemon exit\n\(daemon.log)")
-            let errors = daemon.log.split(separator: "\n").filter { $0.contains(" error ") || $0.contains(" critical ") }
-            #expect(errors.isEmpty, "daemon log errors:\n\(errors.joined(separator: "\n"))")
+            #expect(daemon.errorLines.isEmpty, "daemon log errors:\n\(daemon.errorLines.joined(separator: "\n"))")
         }
         // QEMU's own messages start with its name. With bypass off, SeaBIOS's probe of q35's built-in AHCI
         // (00:1f.2, requester ID 0xfa) is refused before Linux runs; nothing else may be.
@@ -232,10 +213,6 @@ struct DiskDMATests: GuestWorkload {
         print("disk-dma: \(iommu) timings: boot \(seconds(booted - started)) s, checks \(seconds(checked - booted)) s, "
               + "bench and poweroff \(seconds(finished - checked)) s, total \(seconds(finished - started)) s")
         return bench
-    }
-
-    private func seconds(_ duration: Duration) -> String {
-        String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
     }
 }
 

@@ -14,6 +14,11 @@ struct DomainState: Equatable, CustomStringConvertible {
 protocol GuestWorkload {}
 
 extension GuestWorkload {
+    /// A duration in seconds with one decimal, for the suites' printed figures.
+    func seconds(_ duration: Duration) -> String {
+        String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
+    }
+
 
     func bindVFIO(_ machine: Machine, _ bdf: String) throws -> Int {
         let lines = try machine.run("bind_vfio \(bdf)")

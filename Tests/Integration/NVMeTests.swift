@@ -119,8 +119,7 @@ struct NVMeTests: GuestWorkload {
         machine.send("poweroff -f")
         #expect(machine.waitForExit() == 0, "QEMU exit\n\(machine.log)")
         #expect(daemon.waitForExit(timeout: .seconds(20)) == 0, "daemon exit\n\(daemon.log)")
-        let errors = daemon.log.split(separator: "\n").filter { $0.contains(" error ") || $0.contains(" critical ") }
-        #expect(errors.isEmpty, "daemon log errors:\n\(errors.joined(separator: "\n"))")
+        #expect(daemon.errorLines.isEmpty, "daemon log errors:\n\(daemon.errorLines.joined(separator: "\n"))")
         // QEMU's own messages start with its name: only the refusal of q35's AHCI, which SeaBIOS probes at boot and
         // the daemon does not serve (issue 14 "Unknown endpoints"), may be there.
         let complaints = machine.transcript.filter { $0.contains("qemu-system-x86_64:") && !DiskDMATests.IOMMU.vhostUser.expectedComplaint($0) }
@@ -129,9 +128,5 @@ struct NVMeTests: GuestWorkload {
         print("nvme: timings: boot \(seconds(booted - started)) s, deferral checks \(seconds(deferralChecked - booted)) s, "
               + "module load to disk \(seconds(bound - deferralChecked)) s, checks and I/O \(seconds(checked - bound)) s, "
               + "poweroff \(seconds(finished - checked)) s, total \(seconds(finished - started)) s")
-    }
-
-    private func seconds(_ duration: Duration) -> String {
-        String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
     }
 }

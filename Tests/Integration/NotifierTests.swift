@@ -209,8 +209,7 @@ struct NotifierTests: GuestWorkload {
         let unknown = "qemu-system-x86_64: vhost-user-iommu: refusing DMA from 00:1f.2: endpoint unknown to the back-end"
         let complaints = machine.transcript.filter { $0.contains("qemu-system-x86_64:") && $0 != unknown }
         #expect(complaints.isEmpty, "QEMU said:\n\(complaints.joined(separator: "\n"))")
-        let errors = daemon.log.split(separator: "\n").filter { $0.contains(" error ") || $0.contains(" critical ") }
-        #expect(errors.isEmpty, "daemon log errors:\n\(errors.joined(separator: "\n"))")
+        #expect(daemon.errorLines.isEmpty, "daemon log errors:\n\(daemon.errorLines.joined(separator: "\n"))")
 
         print("""
             notifiers: virtio-net over DPDK vhost-user (iommu-support=1) behind vhost-user-iommu-pci: \
@@ -255,10 +254,6 @@ struct NotifierTests: GuestWorkload {
         guard let line = log.split(separator: "\n").last(where: { $0.contains("counters: requests [") }) else { return nil }
         guard let field = line.split(separator: " ").first(where: { $0.hasPrefix(key + "=") || $0.hasPrefix("[" + key + "=") }) else { return 0 }
         return Int(field.split(separator: "=").last?.trimmingCharacters(in: CharacterSet(charactersIn: "]")) ?? "")
-    }
-
-    private func seconds(_ duration: Duration) -> String {
-        String(format: "%.1f", Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
     }
 }
 
@@ -440,18 +435,11 @@ final class TestPMD {
 
     /// Runs scripts/setup-dpdk (it does nothing when testpmd is there); returns testpmd's path.
     static func install() throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: GuestFiles.projectRoot + "/scripts/setup-dpdk")
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        let last = text.split(separator: "\n").last.map(String.init) ?? ""
-        guard process.terminationStatus == 0, !last.isEmpty else {
-            throw MachineError(description: "scripts/setup-dpdk failed with status \(process.terminationStatus)")
+        let result = try runCommand(URL(fileURLWithPath: GuestFiles.projectRoot + "/scripts/setup-dpdk"), [])
+        guard result.status == 0, !result.lastLine.isEmpty else {
+            throw MachineError(description: "scripts/setup-dpdk failed with status \(result.status)\n\(result.errors.suffix(4000))")
         }
-        return last
+        return result.lastLine
     }
 
     /// Starts testpmd serving `socket`. Two lcores: the main one reads commands; the forwarding one

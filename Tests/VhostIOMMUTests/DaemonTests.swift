@@ -198,8 +198,8 @@ import VirtioIOMMU
         #expect(try daemon.stats()["polledTurns"] as? Int ?? 0 > 0)
         // Idle: the loop blocks, after asking for kicks again; a request then gets its kick and an answer.
         let kicksBack = ContinuousClock.now + .seconds(5)
-        while !kicksWantedForNext(q, eventIndex) && ContinuousClock.now < kicksBack { usleep(100) }
-        #expect(kicksWantedForNext(q, eventIndex), "kicks still off once idle")
+        while !q.kicksWanted(eventIndex: eventIndex) && ContinuousClock.now < kicksBack { usleep(100) }
+        #expect(q.kicksWanted(eventIndex: eventIndex), "kicks still off once idle")
         let last = request(AttachRequest(domain: 1, endpoint: 9).encoded)
         #expect(last.kicked && last.status == IOMMUSpec.VIRTIO_IOMMU_S_OK)
         #expect(try daemon.requestCount("MAP", "OK") == sent / 2)
@@ -295,10 +295,4 @@ import VirtioIOMMU
         #expect(waitpid(pid, &status, 0) == pid)
         #expect(status == 0)  // exited normally with 0 after the front-end left
     }
-}
-
-/// Whether the ring asks for a kick for the next entry the driver adds, every entry so far consumed
-/// (virtio 1.4 §2.7.10): avail_event at avail.idx with EVENT_IDX, else VIRTQ_USED_F_NO_NOTIFY clear.
-func kicksWantedForNext(_ q: DriverQueue, _ eventIndex: Bool) -> Bool {
-    eventIndex ? q.availEvent == q.availIndex : q.usedFlags & VirtioSpec.VIRTQ_USED_F_NO_NOTIFY == 0
 }

@@ -21,8 +21,6 @@ extension EngineHarness {
     var posix: VhostUserBackend { backend! }
 }
 
-/// Open descriptors of this process, to show that nothing leaks.
-func openDescriptorCount() -> Int { ProcessDescriptors.count() }
 
 /// How many descriptors of this process refer to the memfd named `name` (parallel-safe leak check).
 func descriptorsReferring(to name: String) -> Int { ProcessDescriptors.targets().filter { $0.contains(name) }.count }
