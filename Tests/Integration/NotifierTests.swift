@@ -528,18 +528,21 @@ final class TestPMD {
         return (try #require(value("RX-packets"), "\(text)"), try #require(value("TX-packets"), "\(text)"))
     }
 
-    /// Quits testpmd; returns its exit status (SIGKILL after 30 s).
+    /// Quits testpmd; returns its exit status (SIGKILL after 30 s). Its output ends when it is gone.
     func quit() -> Int32 {
         input.fileHandleForWriting.write(Data("quit\n".utf8))
-        let deadline = ContinuousClock.now + .seconds(30)
-        while process.isRunning && ContinuousClock.now < deadline { _ = poll(nil, 0, 20) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if !waitForEndOfOutput(until: Date() + 30) {
+            kill(process.processIdentifier, SIGKILL)
+            _ = waitForEndOfOutput(until: Date() + 5)
+        }
         process.waitUntilExit()
-        // The reader reaches the end of the output once testpmd is gone.
-        let end = Date() + 5
-        buffer.condition.lock()
-        while !buffer.ended && buffer.condition.wait(until: end) {}
-        buffer.condition.unlock()
         return process.terminationStatus
+    }
+
+    /// Waits for the reader to reach the end of testpmd's output; false if `deadline` came first.
+    private func waitForEndOfOutput(until deadline: Date) -> Bool {
+        buffer.condition.lock(); defer { buffer.condition.unlock() }
+        while !buffer.ended { if !buffer.condition.wait(until: deadline) { return buffer.ended } }
+        return true
     }
 }

@@ -43,12 +43,12 @@ import VirtioIOMMU
         let setRegion = SetRegionRequest(regionSize: layout.regionSize, epoch: 1, startIndex: 0)
         #expect(try Self.status(Self.request(frontend, .setRegion, setRegion.encoded,
                                              fds: [unsealed.rawValue, bell.rawValue, ack.rawValue])) == .invalid)
-        let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "region", size: Int(layout.regionSize)))
-        let region = FrontendRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
+        let shared = try SharedRegion(layout)
+        let region = shared.region
         var mirror = MirrorReader(memory: region, layout: layout, rules: .init(granule: 4096, capabilities: [.localChanges], queueSize: 256),
                                   startIndex: 0)
         #expect(try Self.status(Self.request(frontend, .setRegion, setRegion.encoded,
-                                             fds: [file.rawValue, bell.rawValue, ack.rawValue])) == .ok)
+                                             fds: [shared.file.rawValue, bell.rawValue, ack.rawValue])) == .ok)
         mirror.loadEndpointBitmap()
         #expect(mirror.knownEndpoints.contains(8) && mirror.knownEndpoints.contains(16) && mirror.knownEndpoints.count == 2)
 
@@ -206,12 +206,12 @@ extension FrontendProtocolEndToEndTests {
         _ = try frontend.initialize(queues: [try DriverQueue(memory: memory, index: 0, size: 16), try DriverQueue(memory: memory, index: 1, size: 16)])
         _ = try request(frontend, .hello, HelloRequest(capabilities: [.commitWindow, .localChanges]).encoded)
         let layout = RegionLayout.standard(epoch: epoch, logEntries: 1024)
-        let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "region", size: Int(layout.regionSize)))
-        let region = FrontendRegion(try SharedFileMapping(descriptor: file, size: layout.regionSize, maximumSize: RegionLayout.maxRegionSize))
+        let shared = try SharedRegion(layout)
+        let region = shared.region
         _ = MirrorReader(memory: region, layout: layout, rules: .init(granule: 4096, capabilities: [.localChanges], queueSize: 256), startIndex: 7)
         let bell = OwnedFileDescriptor(try SystemCall.eventFD()), ack = OwnedFileDescriptor(try SystemCall.eventFD())
         let set = SetRegionRequest(regionSize: layout.regionSize, epoch: epoch, startIndex: 7)
-        try #require(try status(request(frontend, .setRegion, set.encoded, fds: [file.rawValue, bell.rawValue, ack.rawValue])) == .ok)
+        try #require(try status(request(frontend, .setRegion, set.encoded, fds: [shared.file.rawValue, bell.rawValue, ack.rawValue])) == .ok)
         // The daemon holds its own copies of the region and eventfds; ours may close.
         return (frontend, try push(frontend, snapshot))
     }
