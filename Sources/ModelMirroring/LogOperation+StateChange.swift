@@ -31,3 +31,21 @@ extension StateChange {
         }
     }
 }
+
+extension LogWriter {
+    /// Records one change the model made (docs/frontend-protocol.md §5.4): a mirrored change is staged, a
+    /// completed request commits what its changes staged (PROBE changes nothing and commits nothing), the
+    /// rest is not in the log. Returns the commit's outcome for a completion, nil otherwise.
+    public mutating func record(_ change: StateChange, requestAt position: UInt16) throws(LogWriterError) -> CommitOutcome? {
+        if let operation = LogOperation(change) {
+            try stage(operation)
+            return nil
+        }
+        guard case .requestCompleted(let type, let status) = change else { return nil }
+        if type == .probe {
+            discardStaged()
+            return nil
+        }
+        return try commit(requestAt: position, status: status.rawValue)
+    }
+}

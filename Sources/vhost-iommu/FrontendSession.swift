@@ -261,14 +261,6 @@ final class FrontendSession {
 
     // MARK: The log (§5, §6)
 
-    /// Stages one mirrored change (§5.4, `LogOperation.init(_:)`); returns the domain a MAP or UNMAP
-    /// touched, whose endpoints' notifier bytes decide whether it must be acknowledged (§6 rule 2).
-    private static func stage(_ change: StateChange, into writer: inout LogWriter) throws(LogWriterError) -> Domain.ID? {
-        guard let operation = LogOperation(change) else { return nil }
-        try writer.stage(operation)
-        return change.mappingsChangedIn
-    }
-
     /// After the model handled a request: its changes go to the log and are published. Whether the
     /// request's completion must wait (an acknowledgement, or log space) is kept for `takeWaitRequest`.
     func publishRequest(of model: inout IOMMUModel) {
@@ -281,14 +273,10 @@ final class FrontendSession {
         var touchedDomain: Domain.ID?
         do {
             try model.drainChanges { (change: StateChange) throws(LogWriterError) in
-                if let domain = try Self.stage(change, into: &active.writer) { touchedDomain = domain }
-                guard case .requestCompleted(let type, let status) = change else { return }
-                if type == .probe {
-                    active.writer.discardStaged()
-                } else {
-                    // The avail position is not known here; it matters only to COMMIT_WINDOW (not granted).
-                    outcome = try active.writer.commit(requestAt: 0, status: status.rawValue)
-                }
+                // A MAP or UNMAP's domain: its endpoints' notifier bytes decide whether it waits (§6 rule 2).
+                if let domain = change.mappingsChangedIn { touchedDomain = domain }
+                // The avail position is not known here; it matters only to COMMIT_WINDOW (not granted).
+                if let committed = try active.writer.record(change, requestAt: 0) { outcome = committed }
             }
             switch outcome {
             case .committed(var commit)?:
@@ -368,7 +356,10 @@ final class FrontendSession {
             return .failed("the front-end did not accept changes of the back-end's own (LOCAL_CHANGES)")
         }
         do {
-            try model.drainChanges { (change: StateChange) throws(LogWriterError) in _ = try Self.stage(change, into: &active.writer) }
+            // A LOCAL group: its changes are staged and committed together (no request completes in it).
+            try model.drainChanges { (change: StateChange) throws(LogWriterError) in
+                if let operation = LogOperation(change) { try active.writer.stage(operation) }
+            }
             switch try active.writer.commitLocal() {
             case .committed(let commit):
                 if commit.ringDoorbell { active.ringDoorbell() }

@@ -5,16 +5,6 @@ import SeededRandom
 import Testing
 import VirtioIOMMU
 
-/// How the daemon turns the model's state changes into log entries (docs/frontend-protocol.md §5.4):
-/// one `stage` per mirrored change, a commit when `handle` completes a request, nothing for PROBE. Aux
-/// attachments, `bypass` and resets are not in the log (§5.4, §7).
-func translate(_ change: StateChange, into writer: inout LogWriter, position: UInt16) throws -> CommitOutcome? {
-    if let operation = LogOperation(change) { try writer.stage(operation); return nil }
-    guard case .requestCompleted(let type, let status) = change else { return nil }
-    if type == .probe { writer.discardStaged(); return nil }
-    return try writer.commit(requestAt: position, status: status.rawValue)
-}
-
 /// A failure replays from its seed (SeededRandom).
 extension SplitMix64 {
     mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
@@ -50,7 +40,7 @@ extension SplitMix64 {
         _ = device.handle(request: request, writableSize: writable)
         var outcome: CommitOutcome?
         try device.drainChanges { change in
-            if let result = try translate(change, into: &session.writer, position: position) { outcome = result }
+            if let result = try session.writer.record(change, requestAt: position) { outcome = result }
         }
         guard var result = outcome else { return nil }
         // No space: the front-end drains on the doorbell, then the commit is retried (§6 rule 8).
