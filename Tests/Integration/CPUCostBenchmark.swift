@@ -141,9 +141,9 @@ struct CPUCostBenchmark: GuestWorkload {
         for _ in 0..<Self.diskRuns {
             for (index, (operation, size, blockSize)) in Self.diskSteps.enumerated() {
                 let before = try counters()
-                let (qemuBefore, daemonBefore) = (try cpuSeconds(qemuPID), try daemonPID.map(cpuSeconds) ?? 0)
+                let (qemuBefore, daemonBefore) = (try ThreadTime.cpuSeconds(qemuPID), try daemonPID.map(ThreadTime.cpuSeconds) ?? 0)
                 let result = try blkIO(machine, "/dev/\(name) \(operation) \(size) \(blockSize >> 10)K \(Self.diskSeed)")
-                let (qemuAfter, daemonAfter) = (try cpuSeconds(qemuPID), try daemonPID.map(cpuSeconds) ?? 0)
+                let (qemuAfter, daemonAfter) = (try ThreadTime.cpuSeconds(qemuPID), try daemonPID.map(ThreadTime.cpuSeconds) ?? 0)
                 try #require(result["status"] == "ok", "\(iommu) \(daemonArguments): blk-io \(operation) \(size) \(blockSize): \(result)\n\(machine.log)")
                 let after = try counters()
                 steps[index] += DiskCost(
@@ -187,15 +187,15 @@ struct CPUCostBenchmark: GuestWorkload {
         let qemuPID = machine.process.processIdentifier
         let daemonPID = daemon?.process.processIdentifier
 
-        let qemuBefore = try cpuSeconds(qemuPID)
-        let daemonBefore = try daemonPID.map(cpuSeconds) ?? 0
+        let qemuBefore = try ThreadTime.cpuSeconds(qemuPID)
+        let daemonBefore = try daemonPID.map(ThreadTime.cpuSeconds) ?? 0
         let countsBefore = try daemon.map(requestCounts)
         for _ in 0..<Self.runs {
             let result = try vfioRun(machine, group: group, RealGuestTests.workload.buffers, RealGuestTests.workload.iterations)
             #expect(result["status"] == "ok")
         }
-        let qemuSeconds = try cpuSeconds(qemuPID) - qemuBefore
-        let daemonSeconds = try (daemonPID.map(cpuSeconds) ?? 0) - daemonBefore
+        let qemuSeconds = try ThreadTime.cpuSeconds(qemuPID) - qemuBefore
+        let daemonSeconds = try (daemonPID.map(ThreadTime.cpuSeconds) ?? 0) - daemonBefore
         // Each run: one MAP and one UNMAP per buffer and round, plus VFIO_SET_IOMMU's own probe pair.
         let expected = Self.runs * (2 * RealGuestTests.workload.buffers * RealGuestTests.workload.iterations + 2)
         var requests = expected
@@ -208,28 +208,15 @@ struct CPUCostBenchmark: GuestWorkload {
         // The guest idles (its console waits for a line); the daemon should be asleep in epoll.
         var idle: Double?
         if let daemonPID {
-            let before = try cpuSeconds(daemonPID)
+            let before = try ThreadTime.cpuSeconds(daemonPID)
             let start = ContinuousClock.now
             while ContinuousClock.now - start < .seconds(10) { _ = poll(nil, 0, 500) }  // the measured interval itself
-            idle = try cpuSeconds(daemonPID) - before
+            idle = try ThreadTime.cpuSeconds(daemonPID) - before
         }
         machine.send("poweroff -f")
         #expect(machine.waitForExit() == 0)
         if let daemon { #expect(daemon.waitForExit(timeout: .seconds(20)) == 0) }
         #expect(qemuSeconds > 0 && requests > 0)
         return Cost(daemonSeconds: daemonSeconds, qemuSeconds: qemuSeconds, requests: requests, idleDaemonSeconds: idle)
-    }
-
-    /// CPU time of every thread of `pid` so far, in seconds (schedstat's first field is nanoseconds on CPU).
-    private func cpuSeconds(_ pid: pid_t) throws -> Double {
-        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
-        var nanoseconds: UInt64 = 0
-        for task in tasks {
-            guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8),
-                  let first = text.split(separator: " ").first, let value = UInt64(first) else { continue }  // a thread that ended
-            nanoseconds += value
-        }
-        try #require(nanoseconds > 0, "no schedstat for \(pid)")
-        return Double(nanoseconds) / 1e9
     }
 }

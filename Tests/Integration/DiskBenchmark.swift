@@ -137,31 +137,11 @@ struct DiskBenchmark: GuestWorkload {
         return list
     }
 
-    /// One thread's schedstat: nanoseconds on CPU and waiting on a run queue.
-    struct ThreadTime { var cpu: Double = 0, wait: Double = 0 }
-
-    /// Every thread of `pid` by "process/thread name" (threads of one name summed), in seconds.
-    static func threadTimes(_ pid: pid_t, _ process: String) -> [String: ThreadTime] {
-        var times: [String: ThreadTime] = [:]
-        for task in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? [] {
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8),
-                  let comm = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/comm", encoding: .utf8) else { continue }
-            let fields = stat.split(separator: " ").compactMap { Double($0) }
-            guard fields.count >= 2 else { continue }
-            let key = "\(process)/\(comm.trimmingCharacters(in: .whitespacesAndNewlines))"
-            times[key, default: ThreadTime()].cpu += fields[0] / 1e9
-            times[key, default: ThreadTime()].wait += fields[1] / 1e9
-        }
-        return times
-    }
-
     /// One step's figures: its rate and what every thread spent during it.
     struct Step {
         var rate: Double
         var units: Double  // bytes for the 64 KiB steps, reads for the random step
         var threads: [String: ThreadTime]
-        var cpu: Double { threads.values.reduce(0) { $0 + $1.cpu } }
-        var wait: Double { threads.values.reduce(0) { $0 + $1.wait } }
         func cpu(of process: String) -> Double { threads.filter { $0.key.hasPrefix(process + "/") }.values.reduce(0) { $0 + $1.cpu } }
     }
 
@@ -252,8 +232,8 @@ struct DiskBenchmark: GuestWorkload {
         if let nice = configuration.nice, let daemonPID { try Self.renice(daemonPID, to: nice) }
 
         func threads() -> [String: ThreadTime] {
-            var all = Self.threadTimes(qemuPID, "qemu")
-            if let daemonPID { all.merge(Self.threadTimes(daemonPID, "daemon")) { a, _ in a } }
+            var all = ThreadTime.byThread(qemuPID, "qemu")
+            if let daemonPID { all.merge(ThreadTime.byThread(daemonPID, "daemon")) { a, _ in a } }
             return all
         }
         func step(_ arguments: String, rate: String, units: ([String: String]) -> Double) throws -> Step {
