@@ -39,7 +39,7 @@ extension VhostUserBackend {
         var ready: [(UInt64, UInt32)] = []
         ready.reserveCapacity(64)
         var lastDescriptorCheck = ContinuousClock.now
-        func ending() -> Bool { engine.disconnectRequested || host.connectionFailed }
+        func ending() -> Bool { engine.disconnectRequested }
         while true {
             if isStopRequested { return .stopped }
             ready.removeAll(keepingCapacity: true)
@@ -68,7 +68,7 @@ extension VhostUserBackend {
                     if events & cvu_epollout != 0 || hangup { host.flushOutput() }
                     if hangup && host.hasUnsentReplies {
                         // The front-end is gone with replies unread: nothing more can be said to it.
-                        host.connectionFailed = true
+                        engine.transportFailed()
                     } else if events & cvu_epollin != 0 || hangup {
                         host.readMessages()
                     }

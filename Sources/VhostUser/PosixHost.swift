@@ -17,8 +17,6 @@ final class PosixHost: VhostUserHost, @unchecked Sendable {
     var outputOffset = 0
     /// Whether the connection is watched for writability (replies pending) instead of input.
     var waitingToWrite = false
-    /// The socket failed or the front-end stopped reading: the connection must end.
-    var connectionFailed = false
     /// Replies the front-end has not read yet; beyond this it is considered stuck and dropped.
     static let maxPendingOutput = 64 * 1024
     static let connectionToken: UInt64 = 2
@@ -61,7 +59,7 @@ final class PosixHost: VhostUserHost, @unchecked Sendable {
         guard let fd = connection else { return false }
         return withUnsafeTemporaryAllocation(byteCount: engine.largestMessage, alignment: 8) { buffer in
             // Stop reading while replies are pending: a front-end that does not read cannot make us queue without bound.
-            while !engine.disconnectRequested && !connectionFailed && !hasUnsentReplies {
+            while !engine.disconnectRequested && !hasUnsentReplies {
                 let want = min(engine.bytesWanted, buffer.count)
                 var fds: [CInt] = []
                 let n: Int
@@ -71,7 +69,7 @@ final class PosixHost: VhostUserHost, @unchecked Sendable {
                     return true
                 } catch {
                     logger.error("socket receive failed: \(error)")
-                    connectionFailed = true
+                    engine.transportFailed()
                     return false
                 }
                 if n == 0 {
@@ -101,7 +99,7 @@ final class PosixHost: VhostUserHost, @unchecked Sendable {
             } catch .wouldBlock {
                 if output.count - outputOffset > Self.maxPendingOutput {
                     logger.error("front-end is not reading replies; closing the connection")
-                    connectionFailed = true
+                    engine.transportFailed()
                 } else if !waitingToWrite {
                     waitingToWrite = true
                     try? loop.modify(fd, token: Self.connectionToken, writable: true)
@@ -109,7 +107,7 @@ final class PosixHost: VhostUserHost, @unchecked Sendable {
                 return
             } catch {
                 logger.warning("socket send failed, closing the connection: \(error)")
-                connectionFailed = true
+                engine.transportFailed()
                 return
             }
             outputOffset += sent
@@ -129,7 +127,6 @@ final class PosixHost: VhostUserHost, @unchecked Sendable {
     func begin(_ fd: FileDescriptor) {
         end()
         connection = fd
-        connectionFailed = false
     }
 
     func end() {

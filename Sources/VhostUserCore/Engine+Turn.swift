@@ -20,6 +20,10 @@ extension VhostUserEngine {
         }
     }
 
+    /// The host can no longer talk to the front-end (a send or receive failed, or it stopped reading
+    /// replies): the connection ends like after a protocol error.
+    public func transportFailed() { disconnectRequested = true }
+
     /// The front-end's stream ended.
     public func endOfStream() {
         if decoder.isMidMessage { warnAboutInput("front-end disconnected in the middle of a message") }
