@@ -2,10 +2,30 @@ import Glibc
 import Testing
 
 @testable import VhostUserCore
+import VhostUserEmbedded
 import VhostUserTestSupport
 
 /// Memory-table, ring-setup and back-end-channel messages, and the listening socket.
 @Suite struct SetupTests {
+    // Spec: vhost-user.rst VHOST_USER_SET_BACKEND_REQ_FD and VHOST_USER_BACKEND_CONFIG_CHANGE_MSG: the
+    // message goes on the channel the front-end gave last, a replaced channel is closed, and a request
+    // without its descriptor is refused and changes nothing (the Posix socket side: PosixTransportTests).
+    @Test func backendChannelCarriesConfigChange() throws {
+        let h = try Harness()
+        try h.frontend.setProtocolFeatures(.supported)
+        let host = h.driver.host
+        let first = EmbeddedChannel(), second = EmbeddedChannel()
+        #expect(try h.frontend.sendAcked(.setBackendReqFD, fds: [host.open(.channel(first)).rawValue]))
+        #expect(host.engineHeld.count == 1)
+        #expect(try h.frontend.sendAcked(.setBackendReqFD, fds: [host.open(.channel(second)).rawValue]))
+        #expect(host.engineHeld.count == 1, "the replaced channel is closed")
+        #expect(try h.frontend.sendAcked(.setBackendReqFD) == false)
+        h.engine.notifyConfigChange()
+        h.driver.run()
+        #expect(first.messages.isEmpty)
+        #expect(second.messages == [MessageHeader(request: BackendRequest.configChange.rawValue, flags: MessageHeader.version, size: 0).bytes])
+    }
+
     // Spec: vhost-user.rst VHOST_USER_SET_MEM_TABLE; docs/vhost-user.md "Validation before dispatch" (3).
     @Test func memoryTableMessages() throws {
         let h = try Harness()
