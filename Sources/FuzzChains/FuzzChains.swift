@@ -47,20 +47,6 @@ func fuzzChains(_ data: UnsafeBufferPointer<UInt8>) {
     precondition(embedded.host.engineHeld.isEmpty, "descriptor leak: \(embedded.host.engineHeld)")
 }
 
-#if FUZZING
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    fuzzChains(UnsafeBufferPointer(start: data, count: size))
-    return 0
-}
-
-
-@_cdecl("FuzzChains_main")
-public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    runLibFuzzer(argc, argv, fuzzOne)
-}
-#else
 @main struct FuzzChainsMain {
-    static func main() throws { try replay("FuzzChains", fuzzChains) }
+    static func main() throws { try runFuzzTarget("FuzzChains", fuzzChains) }
 }
-#endif

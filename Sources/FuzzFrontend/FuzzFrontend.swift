@@ -199,27 +199,9 @@ func fuzzFrontend(_ data: UnsafeBufferPointer<UInt8>) {
     }
 }
 
-#if FUZZING
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    fuzzFrontend(UnsafeBufferPointer(start: data, count: size))
-    return 0
-}
-
-@_cdecl("FuzzFrontend_main")
-public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    runLibFuzzer(argc, argv, fuzzOne)
-}
-#else
 @main struct FuzzFrontendMain {
-    static func main() throws {
-        if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--write-seeds" {
-            return writeSeeds(to: CommandLine.arguments[2])
-        }
-        try replay("FuzzFrontend", fuzzFrontend)
-    }
+    static func main() throws { try runFuzzTarget("FuzzFrontend", fuzzFrontend, writeSeeds: writeSeeds(to:)) }
 }
-#endif
 
 /// The seed corpus: a session that creates, attaches, maps, drains and snapshots; a reset; the LogWriter
 /// path; each request payload and an entry.

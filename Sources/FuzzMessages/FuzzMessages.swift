@@ -36,28 +36,9 @@ func fuzzMessages(_ data: UnsafeBufferPointer<UInt8>) {
     precondition(embedded.host.engineHeld.isEmpty, "descriptor leak: \(embedded.host.engineHeld.count) descriptors still open")
 }
 
-#if FUZZING
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    fuzzMessages(UnsafeBufferPointer(start: data, count: size))
-    return 0
-}
-
-
-@_cdecl("FuzzMessages_main")
-public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    runLibFuzzer(argc, argv, fuzzOne)
-}
-#else
 @main struct FuzzMessagesMain {
-    static func main() throws {
-        if CommandLine.arguments.count == 3 && CommandLine.arguments[1] == "--write-seeds" {
-            return writeSeeds(to: CommandLine.arguments[2])
-        }
-        try replay("FuzzMessages", fuzzMessages)
-    }
+    static func main() throws { try runFuzzTarget("FuzzMessages", fuzzMessages, writeSeeds: writeSeeds(to:)) }
 }
-#endif
 
 /// The seed corpus: QEMU's handshake and start, as chunks in this target's input format.
 func writeSeeds(to directory: String) {

@@ -93,20 +93,6 @@ func fuzzRequests(_ data: UnsafeBufferPointer<UInt8>) {
     }
 }
 
-#if FUZZING
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    fuzzRequests(UnsafeBufferPointer(start: data, count: size))
-    return 0
-}
-
-
-@_cdecl("FuzzRequests_main")
-public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    runLibFuzzer(argc, argv, fuzzOne)
-}
-#else
 @main struct FuzzRequestsMain {
-    static func main() throws { try replay("FuzzRequests", fuzzRequests) }
+    static func main() throws { try runFuzzTarget("FuzzRequests", fuzzRequests) }
 }
-#endif

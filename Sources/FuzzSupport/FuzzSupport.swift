@@ -17,7 +17,7 @@ public struct ByteReader {
 }
 
 /// Replays inputs without the fuzzer: runs `body` once on each file named on the command line.
-public func replay(_ name: String, _ body: (UnsafeBufferPointer<UInt8>) -> Void) throws {
+func replay(_ name: String, _ body: (UnsafeBufferPointer<UInt8>) -> Void) throws {
     let paths = CommandLine.arguments.dropFirst()
     if paths.isEmpty { print("usage: \(name) FILE...   (scripts/fuzz builds it with libFuzzer)") }
     for path in paths {
@@ -29,7 +29,7 @@ public func replay(_ name: String, _ body: (UnsafeBufferPointer<UInt8>) -> Void)
 public enum ReplayError: Error { case cannotOpen(String) }
 
 /// The bytes of a file.
-public func readFile(_ path: String) throws -> [UInt8] {
+func readFile(_ path: String) throws -> [UInt8] {
     guard let file = fopen(path, "rb") else { throw ReplayError.cannotOpen(path) }
     defer { fclose(file) }
     var bytes: [UInt8] = []
@@ -49,16 +49,36 @@ public func writeFile(_ path: String, _ bytes: [UInt8]) {
     fclose(file)
 }
 
+/// One fuzz target's whole program. Built with `-DFUZZING` (scripts/fuzz), it hands `body` to libFuzzer's
+/// driver; otherwise it replays the files named on the command line, or with `--write-seeds DIR` writes
+/// the target's seed corpus through `writeSeeds`.
+public func runFuzzTarget(_ name: String, _ body: @escaping @Sendable (UnsafeBufferPointer<UInt8>) -> Void,
+                          writeSeeds: ((String) -> Void)? = nil) throws {
+    let arguments = CommandLine.arguments
+    if let writeSeeds, arguments.count == 3, arguments[1] == "--write-seeds" { return writeSeeds(arguments[2]) }
 #if FUZZING
+    fuzzBody = body
+    var count = CommandLine.argc
+    var vector = CommandLine.unsafeArgv
+    exit(LLVMFuzzerRunDriver(&count, &vector, fuzzOne))
+#else
+    try replay(name, body)
+#endif
+}
+
+#if FUZZING
+/// The target libFuzzer's C callback reaches: set once, before the driver starts, and only read after.
+nonisolated(unsafe) private var fuzzBody: (@Sendable (UnsafeBufferPointer<UInt8>) -> Void)?
+
 @_silgen_name("LLVMFuzzerRunDriver")
 func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
-                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
                          _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt) -> CInt
 
-/// Hands control to libFuzzer's driver; each target's `<Target>_main` calls this.
-public func runLibFuzzer(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt) -> CInt {
-    var count = argc, vector = argv
-    return LLVMFuzzerRunDriver(&count, &vector, callback)
+/// The callback: libFuzzer's runtime also refers to this symbol by name, so it must exist.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    fuzzBody?(UnsafeBufferPointer(start: data, count: size))
+    return 0
 }
 #endif
