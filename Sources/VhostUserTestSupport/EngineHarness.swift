@@ -26,7 +26,10 @@ public final class EngineHarness {
 
     public enum Kind: Sendable { case posix, embedded }
 
-    public init(_ kind: Kind, queueSize: Int = 256, memorySize: Int = 4 << 20, polling: AdaptivePolling) throws {
+    /// `polling`, when given, replaces the policy made from `pollMaximum` (nanoseconds; 0: no polling).
+    public init(_ kind: Kind, queueSize: Int = 256, memorySize: Int = 4 << 20, pollMaximum: UInt64 = 0,
+                polling: AdaptivePolling? = nil) throws {
+        let polling = polling ?? AdaptivePolling(maximumNanoseconds: pollMaximum)
         var logger = Logger(label: "test")
         logger.logLevel = getenv("VU_TEST_LOG") != nil ? .debug : .critical
         switch kind {

@@ -2,20 +2,13 @@ import LittleEndianBytes
 
 /// A translation fault, reported to the driver as a 24-byte event (virtio 1.4 §5.13.6.9).
 public struct Fault: Hashable, Sendable, CustomStringConvertible {
-    public enum Reason: UInt8, Sendable, CustomStringConvertible {
+    /// Interpolated as its case name ("domain", "mapping"), which is how logs name it.
+    public enum Reason: UInt8, Sendable {
         case unknown = 0
         /// The endpoint is not attached to a domain and not in bypass.
         case domain = 1
         /// No mapping covers the address, or it lacks the permission.
         case mapping = 2
-
-        public var description: String {
-            switch self {
-            case .unknown: "unknown"
-            case .domain: "domain"
-            case .mapping: "mapping"
-            }
-        }
     }
 
     public struct Flags: OptionSet, Sendable, Hashable {

@@ -9,7 +9,7 @@ import VhostUserTestSupport
 /// NACK), and descriptors the device does not keep are closed.
 @Suite struct DeviceRequestTests {
     @Test func refusedWithANonzeroStatus() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         try h.frontend.sendRaw(TestFrontend.deviceRequest(EchoDevice.echoRequest + 1, [9]))
         let reply = try h.frontend.receiveReply(toRaw: EchoDevice.echoRequest + 1)
@@ -20,13 +20,13 @@ import VhostUserTestSupport
     // Without NEED_REPLY (or without REPLY_ACK) the front-end could not learn the outcome: refused
     // silently, and the next reply on the socket is the next request's.
     @Test func withoutAReplyRequestedItIsRefused() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         try h.frontend.sendRaw(TestFrontend.deviceRequest(EchoDevice.echoRequest, [1], needReply: false))
         #expect(try h.frontend.getFeatures() == h.engine.offeredFeatures)
         #expect(h.engine.counters.refusedMessages == 1)
 
-        let plain = try Harness()
+        let plain = try Harness(.embedded)
         try plain.start(protocolFeatures: ProtocolFeatures.supported.subtracting(.replyAck))
         try plain.frontend.sendRaw(TestFrontend.deviceRequest(EchoDevice.echoRequest, [1]))
         #expect(try plain.frontend.getFeatures() == plain.engine.offeredFeatures)

@@ -8,7 +8,7 @@ import VhostUserTestSupport
 @Suite struct MessageTests {
     // Spec: vhost-user.rst "Feature negotiation"; docs/vhost-user.md "Offered features".
     @Test func featureNegotiation() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         let features = try h.frontend.getFeatures()
         // Offer the device's bits and exactly the transport bits the engine implements (virtio 1.4 §6,
         // vhost-user.rst "Feature negotiation"), and the protocol features it implements ("Protocol features").
@@ -33,7 +33,7 @@ import VhostUserTestSupport
 
     // Spec: vhost-user.rst VHOST_USER_PROTOCOL_F_REPLY_ACK: a reply only when negotiated and asked for.
     @Test func replyAckOnlyWhenNegotiated() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.setProtocolFeatures([.config])
         try h.frontend.send(.setOwner, needReply: true)
         // No REPLY_ACK: no ack comes, so the next reply is GET_FEATURES'.
@@ -45,7 +45,7 @@ import VhostUserTestSupport
 
     // Spec: vhost-user.rst "Protocol features": each message needs its feature; docs/vhost-user.md "Validation before dispatch" (2).
     @Test func protocolFeatureGating() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.setProtocolFeatures([.replyAck])
         // GET_STATUS without F_STATUS: an empty reply tells QEMU it failed.
         try h.frontend.send(.getStatus)
@@ -60,7 +60,7 @@ import VhostUserTestSupport
 
     // Spec: vhost-user.rst VHOST_USER_GET_CONFIG / SET_CONFIG; docs/vhost-user.md "How a device plugs in".
     @Test func configSpace() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.setProtocolFeatures(.supported)
         #expect(try h.frontend.getConfig(size: 8) == [1, 2, 3, 4, 5, 6, 7, 8])
         #expect(try h.frontend.getConfig(offset: 6, size: 2) == [7, 8])
@@ -76,7 +76,7 @@ import VhostUserTestSupport
 
     // Spec: vhost-user.rst VHOST_USER_SET_STATUS / GET_STATUS (virtio 1.4 §2.1 status byte).
     @Test func statusRoundTrip() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.setProtocolFeatures(.supported)
         #expect(try h.frontend.setStatus(0x0f))
         #expect(try h.frontend.getStatus() == 0x0f)
@@ -87,7 +87,7 @@ import VhostUserTestSupport
 
     // Spec: docs/vhost-user.md "Validation before dispatch" (2): refused, the connection goes on.
     @Test func unknownAndUnsupportedMessagesAreRefusedCleanly() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.setProtocolFeatures(.supported)
         try h.frontend.sendRaw(MessageHeader(request: 99, flags: 0x9, size: 3).bytes + [1, 2, 3])
         #expect(TestFrontend.u64(try h.frontend.receiveReply(toRaw: 99)) != 0)

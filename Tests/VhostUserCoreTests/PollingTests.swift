@@ -40,7 +40,7 @@ import VhostUserTestSupport
     // an unkicked request then waits (nothing polls), kicks are asked for, and the kick serves it.
     @Test(arguments: [true, false])
     func windowFollowsTheGapsAndPollingServesUnkickedRequests(eventIndex: Bool) throws {
-        let h = try Harness(pollMaximum: 100_000)  // 100 µs
+        let h = try Harness(.embedded, pollMaximum: 100_000)  // 100 µs
         var features = h.allFeatures
         if !eventIndex { features &= ~VirtioSpec.VIRTIO_F_EVENT_IDX }
         try h.start(features: features)

@@ -9,7 +9,7 @@ import VhostUserTestSupport
 @Suite struct QueueTests {
     // Spec: virtio 1.4 §2.7 (split virtqueues): a chain in, its used element and a call out.
     @Test func roundTripThroughTheRing() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         let (used, reply) = h.roundTrip([1, 2, 3, 4, 5])
         #expect(used?.length == 5)
@@ -19,7 +19,7 @@ import VhostUserTestSupport
 
     // §2.7.5.3: chains split over several buffers, readable before writable.
     @Test func multiBufferChains() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         let head = h.queues[0].add(readable: [[1, 2], [3], [4, 5, 6]], writable: [2, 2, 2])
         h.queues[0].kickNow()
@@ -29,7 +29,7 @@ import VhostUserTestSupport
 
     // §2.7.5.3.1: indirect descriptors.
     @Test func indirectChains() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         let head = h.queues[0].add(readable: [[7, 8], [9]], writable: [3], indirect: true)
         h.queues[0].kickNow()
@@ -40,7 +40,7 @@ import VhostUserTestSupport
     // Without INDIRECT_DESC negotiated, an indirect chain is bad: used length 0, queue keeps running.
     // Spec: virtio 1.4 §2.7.5.3.1: indirect descriptors only with VIRTIO_F_INDIRECT_DESC; docs/vhost-user.md "Rings".
     @Test func indirectWithoutFeature() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start(features: h.allFeatures & ~VirtioSpec.VIRTIO_F_INDIRECT_DESC)
         h.queues[0].add(readable: [[1]], writable: [1], indirect: true)
         h.queues[0].kickNow()
@@ -59,7 +59,7 @@ import VhostUserTestSupport
     // Malformed chains complete with used length 0 and the queue keeps running.
     // Spec: virtio 1.4 §2.7.5.2, §2.7.5.3.1 (descriptor rules); docs/vhost-user.md "Rings": a bad chain completes with used length 0.
     @Test func malformedChains() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         let q = h.queues[0]
         let buffer = h.memory.allocate(64)
@@ -98,7 +98,7 @@ import VhostUserTestSupport
 
     // §2.7.13: 256 chains queued before one kick complete in order.
     @Test func manyChainsOneKick() throws {
-        let h = try Harness(queueSize: 256)
+        let h = try Harness(.embedded, queueSize: 256)
         try h.start()
         let q = h.queues[0]
         var heads: [UInt16] = []
@@ -115,7 +115,7 @@ import VhostUserTestSupport
     // §2.7.10: with EVENT_IDX the driver is called only when used.idx passes used_event,
     // and the device publishes avail_event so the driver knows when to kick.
     @Test func eventIndexSuppression() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         let q = h.queues[0]
         q.setUsedEvent(5)  // "call me once the 6th entry is used"
@@ -129,7 +129,7 @@ import VhostUserTestSupport
 
     // §2.7.7: without EVENT_IDX, VIRTQ_AVAIL_F_NO_INTERRUPT suppresses the call.
     @Test func noInterruptFlag() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start(features: h.allFeatures & ~VirtioSpec.VIRTIO_F_EVENT_IDX)
         h.queues[0].setAvailFlags(VirtioSpec.VIRTQ_AVAIL_F_NO_INTERRUPT)
         _ = h.roundTrip([1])
@@ -145,7 +145,7 @@ import VhostUserTestSupport
     // in the guest's log), and QEMU signals each kick eventfd before it enables the ring; so a disabled
     // ring is left as it is, and enabling it serves what is pending.
     @Test func disabledRingsAreLeftAloneUntilEnabled() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.initialize(queues: h.queues)
         try h.frontend.setFeatures(h.allFeatures)
         try h.frontend.setMemTable([h.memory])
@@ -174,7 +174,7 @@ import VhostUserTestSupport
 
     // Ring states: without VHOST_USER_F_PROTOCOL_FEATURES there is no SET_VRING_ENABLE; rings start enabled.
     @Test func withoutProtocolFeaturesRingsAreEnabled() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start(features: h.allFeatures & ~VirtioSpec.VHOST_USER_F_PROTOCOL_FEATURES)
         #expect(h.roundTrip([5, 6]).1 == [6, 5])
         #expect(h.device.processed == 1)
@@ -183,7 +183,7 @@ import VhostUserTestSupport
     // GET_VRING_BASE stops the ring and returns the next avail index; a stopped ring is not processed.
     // Spec: vhost-user.rst "Ring states": a stopped ring is not processed.
     @Test func getVringBaseMidStream() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         let q = h.queues[0]
         for _ in 0..<5 { _ = h.roundTrip([1]) }
@@ -206,7 +206,7 @@ import VhostUserTestSupport
     // while stopped are handled when the ring is enabled again.
     // Spec: vhost-user.rst "Ring states"; docs/vhost-user.md "When the device is reset" (a pause is not a reset).
     @Test func pauseKeepsState() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         _ = h.roundTrip([1])
         let bases = try h.frontend.stop(queues: h.queues)
@@ -222,7 +222,7 @@ import VhostUserTestSupport
     // QEMU's generic device sends no RESET_DEVICE: a restart at a different base is a guest reset.
     // Spec: docs/vhost-user.md "When the device is reset".
     @Test func guestResetDetectedFromBase() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         _ = h.roundTrip([1])
         h.device.post([1])
@@ -238,7 +238,7 @@ import VhostUserTestSupport
 
     // Spec: vhost-user.rst VHOST_USER_RESET_DEVICE.
     @Test func resetDeviceMessage() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         #expect(try h.frontend.sendAcked(.resetDevice))
         #expect(h.device.resets == 1)
@@ -249,7 +249,7 @@ import VhostUserTestSupport
     // Spec: docs/vhost-user.md "Rings" (a ring that cannot be trusted stops) and vhost-user.rst VHOST_USER_SET_VRING_ERR.
     @Test(arguments: [true, false])
     func ringErrorsStopTheQueue(jump: Bool) throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         let q = h.queues[0]
         if jump {
@@ -273,7 +273,7 @@ import VhostUserTestSupport
     // another thread delivers it.
     // Spec: docs/vhost-user.md "How a device plugs in": .onDemand queues take chains only while the device has work.
     @Test func onDemandQueue() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         let events = h.queues[1]
         for _ in 0..<4 { events.add(readable: [], writable: [8]) }
@@ -298,7 +298,7 @@ import VhostUserTestSupport
     // Memory table changes while rings run: a new region is usable, removing the ring's region stops the ring.
     // Spec: vhost-user.rst VHOST_USER_ADD_MEM_REG / REM_MEM_REG; docs/vhost-user.md "Guest memory".
     @Test func memoryRegionsChangeWhileRunning() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         let extra = try SharedMemory(size: 1 << 20, guestPhysicalAddress: 0x2_0000_0000, side: h.side)
         #expect(try h.frontend.addMemoryRegion(extra))
@@ -326,7 +326,7 @@ import VhostUserTestSupport
 
     // Spec: docs/vhost-user.md "Validation before dispatch" (3).
     @Test func queueSetupValidation() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.initialize(queues: h.queues)
         #expect(try h.frontend.sendAcked(.setVringNum, h.frontend.vringState(0, 100)) == false)   // not a power of 2
         #expect(try h.frontend.sendAcked(.setVringNum, h.frontend.vringState(0, 2048)) == false)  // above the device's max

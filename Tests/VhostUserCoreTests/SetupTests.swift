@@ -11,7 +11,7 @@ import VhostUserTestSupport
     // message goes on the channel the front-end gave last, a replaced channel is closed, and a request
     // without its descriptor is refused and changes nothing (the Posix socket side: PosixTransportTests).
     @Test func backendChannelCarriesConfigChange() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.setProtocolFeatures(.supported)
         let host = h.driver.host
         let first = EmbeddedChannel(), second = EmbeddedChannel()
@@ -28,7 +28,7 @@ import VhostUserTestSupport
 
     // Spec: vhost-user.rst VHOST_USER_SET_MEM_TABLE; docs/vhost-user.md "Validation before dispatch" (3).
     @Test func memoryTableMessages() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.initialize(queues: h.queues)
         #expect(try h.frontend.setMemTable([h.memory]))
         // Two regions that overlap are refused, and the old table stays.
@@ -51,7 +51,7 @@ import VhostUserTestSupport
 
     // Spec: virtio 1.4 §2.7 (ring alignment); docs/vhost-user.md "Rings": misaligned ring memory stops the queue.
     @Test func misalignedRingStopsTheQueue() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.frontend.initialize(queues: h.queues)
         try h.frontend.setFeatures(h.allFeatures)
         try h.frontend.setMemTable([h.memory])
@@ -71,7 +71,7 @@ import VhostUserTestSupport
 
     // Spec: docs/vhost-user.md "Validation before dispatch" (3) and vhost-user.rst VHOST_USER_SET_VRING_CALL (no-descriptor flag).
     @Test func ringMessagesNeedAStoppedRing() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         _ = h.roundTrip([1])
         #expect(try h.frontend.sendAcked(.setVringNum, h.frontend.vringState(0, 128)) == false)
@@ -89,7 +89,7 @@ import VhostUserTestSupport
 
     // Spec: vhost-user.rst VHOST_USER_RESET_OWNER (deprecated: ignored).
     @Test func resetOwnerIsIgnored() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         #expect(try h.frontend.sendAcked(.resetOwner))
         #expect(h.roundTrip([3, 4]).1 == [4, 3])

@@ -8,7 +8,7 @@ import VhostUserTestSupport
 /// socket never waits behind a whole ring; and a front-end message sent meanwhile is answered.
 @Suite struct TurnBoundsTests {
     @Test func oneDeviceCallTakesABoundedBatch() throws {
-        let h = try Harness(queueSize: 1024)
+        let h = try Harness(.embedded, queueSize: 1024)
         try h.start()
         let q = h.queues[0]
         let heads = (0..<1000).map { i in q.add(readable: [[UInt8(i & 0xff), 1]], writable: [2], indirect: true, publish: false) }
@@ -24,7 +24,7 @@ import VhostUserTestSupport
     // hold up to 32,768 entries; a chain longer than the ring is refused (used length 0, nothing
     // written), which bounds what one chain costs to walk. One exactly as long as the ring is served.
     @Test func chainsLongerThanTheQueueAreRefused() throws {
-        let h = try Harness(queueSize: 256)
+        let h = try Harness(.embedded, queueSize: 256)
         try h.start()
         let q = h.queues[0]
         let longest = q.add(readable: (0..<255).map { [UInt8($0)] }, writable: [255], indirect: true)
@@ -44,7 +44,7 @@ import VhostUserTestSupport
     // each one completed with used length 0, but only the first 20 are logged in the minute; the rest
     // are counted, so the log cannot grow with what the guest sends.
     @Test func badChainFloodLogsABoundedNumberOfWarnings() throws {
-        let h = try Harness(queueSize: 256)
+        let h = try Harness(.embedded, queueSize: 256)
         try h.start()
         let q = h.queues[0]
         for _ in 0..<5 {

@@ -10,7 +10,7 @@ import VhostUserTestSupport
 @Suite struct WaitingCompletionTests {
     /// A started device with waits on, and two requests in one kick: the first waits, the second follows it.
     static func twoRequestsTheFirstWaiting() throws -> (Harness, first: UInt16, second: UInt16) {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         h.device.enableWaits()
         try h.start()
         let q = h.queues[0]
@@ -48,7 +48,7 @@ import VhostUserTestSupport
 
     // The watch list is the device's, read again after a reset: acknowledgements still arrive.
     @Test func watchedDescriptorsSurviveAReset() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         h.device.enableWaits()
         try h.start()
         try h.frontend.send(.resetDevice)
@@ -67,7 +67,7 @@ import VhostUserTestSupport
     // docs/vhost-user.md "How a device plugs in" (`watchedDescriptors`): watched only while a front-end is
     // connected; a new connection watches them again.
     @Test func deviceDescriptorsAreWatchedOnlyWhileConnected() throws {
-        let h = try Harness()
+        let h = try Harness(.embedded)
         try h.start()
         func watched() -> Bool { h.driver.host.watched.contains { $0.descriptor == h.device.acknowledgement } }
         #expect(watched())

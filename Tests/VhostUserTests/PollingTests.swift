@@ -16,7 +16,7 @@ import VhostUserTestSupport
     // however loaded the machine is; once idle past the window, kicks are asked for again.
     @Test(arguments: [true, false])
     func polledRingServesRequestsWithoutKicks(eventIndex: Bool) throws {
-        let h = try Harness(pollMaximum: 100_000_000)  // up to 100 ms
+        let h = try Harness(.posix, pollMaximum: 100_000_000)  // up to 100 ms
         var features = h.allFeatures
         if !eventIndex { features &= ~VirtioSpec.VIRTIO_F_EVENT_IDX }
         try h.start(features: features)
@@ -51,7 +51,7 @@ import VhostUserTestSupport
     @Test func yieldingSpinStillServesRequestsWithoutKicks() throws {
         let polling = AdaptivePolling(maximumNanoseconds: 100_000_000, window: 100_000_000, yieldAfterNanoseconds: 0)
         #expect(polling.restarted == AdaptivePolling(maximumNanoseconds: 100_000_000, yieldAfterNanoseconds: 0))
-        let h = try Harness(polling: polling)
+        let h = try Harness(.posix, polling: polling)
         try h.start(features: h.allFeatures)
         let q = h.queues[0]
         #expect(Self.serveThreeWithoutKicks(q) == 3)
@@ -73,7 +73,7 @@ import VhostUserTestSupport
     // reads it in the middle of finding work by polling, where it must turn kicks back on first.
     @Test(arguments: [true, false])
     func pauseWhilePollingLeavesKicksOn(eventIndex: Bool) throws {
-        let h = try Harness(pollMaximum: 100_000_000)
+        let h = try Harness(.posix, pollMaximum: 100_000_000)
         var features = h.allFeatures
         if !eventIndex { features &= ~VirtioSpec.VIRTIO_F_EVENT_IDX }
         try h.start(features: features)

@@ -13,7 +13,7 @@ import VhostUserTestSupport
     // Spec: docs/vhost-user.md "Validation before dispatch" (2): exact descriptor counts, unclaimed descriptors closed.
     @Test func wrongDescriptorCountsAreClosed() throws {
         let name = "vu-test-fdcount-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let h = try Harness()
+        let h = try Harness(.posix)
         try h.frontend.setProtocolFeatures(.supported)
         do {
             let a = try namedMemfd(name), b = try namedMemfd(name)
@@ -35,7 +35,7 @@ import VhostUserTestSupport
     // Spec: docs/vhost-user.md "When the device is reset": a disconnect resets; nothing of the message leaks.
     @Test func disconnectInTheMiddleOfAMessage() throws {
         let name = "vu-test-midmsg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let h = try Harness()
+        let h = try Harness(.posix)
         try h.start()
         #expect(h.device.resets == 0)
         do {
@@ -52,7 +52,7 @@ import VhostUserTestSupport
 
     // Spec: docs/vhost-user.md "How a device plugs in": requestStop() from another thread ends serving.
     @Test func stopRequestEndsServing() throws {
-        let h = try Harness()
+        let h = try Harness(.posix)
         _ = try h.frontend.getFeatures()
         h.posix.requestStop()
         #expect(h.finish(disconnect: false) == .stopped)
@@ -60,14 +60,14 @@ import VhostUserTestSupport
 
     // Spec: docs/vhost-user.md "Validation before dispatch" (1): a bad header ends the connection.
     @Test func badHeaderEndsTheConnection() throws {
-        let h = try Harness()
+        let h = try Harness(.posix)
         try h.frontend.sendRaw(MessageHeader(request: 1, flags: 0x2, size: 0).bytes)
         #expect(h.finish() == .disconnected)
     }
 
     // Spec: vhost-user.rst VHOST_USER_SET_BACKEND_REQ_FD and VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
     @Test func backendChannelCarriesConfigChange() throws {
-        let h = try Harness()
+        let h = try Harness(.posix)
         try h.frontend.setProtocolFeatures(.supported)
         let (ours, theirs) = try SystemCall.socketPair()
         let channel = OwnedFileDescriptor(ours)
@@ -152,7 +152,7 @@ import VhostUserTestSupport
 
 @Suite struct PosixDeviceRequestTests {
     @Test func answeredByTheDeviceAndUnkeptDescriptorsClosed() throws {
-        let h = try Harness()
+        let h = try Harness(.posix)
         try h.start()
         let name = "device-request-\(UInt32.random(in: 0...UInt32.max))"
         let memfd = try namedMemfd(name)
@@ -168,7 +168,7 @@ import VhostUserTestSupport
 @Suite struct RegionBoundsTests {
     // Spec: docs/vhost-user.md "Guest memory"; docs/security.md (a region beyond its file would fault).
     @Test func regionMustFitItsFile() throws {
-        let h = try Harness()
+        let h = try Harness(.posix)
         try h.frontend.initialize(queues: h.queues)
         var description = h.memory.regionDescription
         description.replaceSubrange(8..<16, with: TestFrontend.bytes(UInt64(h.memory.size) * 2))

@@ -14,7 +14,7 @@ import VhostUserTestSupport
     func resetDeviceWithRingsRewrittenAtOnceRestartsCleanly(polling: Bool, eventIndex: Bool) throws {
         // Polling: the window starts (and, with requests closer than it, stays) at 100 ms, so the loop
         // is spinning on the rings when the reset comes: what a busy guest makes it do.
-        let h = try Harness(polling: AdaptivePolling(maximumNanoseconds: polling ? 100_000_000 : 0,
+        let h = try Harness(.posix, polling: AdaptivePolling(maximumNanoseconds: polling ? 100_000_000 : 0,
                                                      window: polling ? 100_000_000 : 0))
         var features = h.allFeatures
         if !eventIndex { features &= ~TransportFeatures.eventIndex }
@@ -53,7 +53,7 @@ import VhostUserTestSupport
     // make more than the queue size available) still stops the queue, with no message to explain it.
     @Test(arguments: [true, false])
     func corruptRingStillStopsTheQueue(polling: Bool) throws {
-        let h = try Harness(pollMaximum: polling ? 100_000_000 : 0)
+        let h = try Harness(.posix, pollMaximum: polling ? 100_000_000 : 0)
         try h.start()
         let q = h.queues[0]
         for i in 0..<20 { _ = h.roundTrip([UInt8(i)]) }
@@ -75,7 +75,7 @@ import VhostUserTestSupport
     // it is not a reset, and the device keeps its state across it, polling or not.
     @Test(arguments: [true, false])
     func setStatusZeroIsNotAReset(polling: Bool) throws {
-        let h = try Harness(pollMaximum: polling ? 100_000_000 : 0)
+        let h = try Harness(.posix, pollMaximum: polling ? 100_000_000 : 0)
         try h.start()
         for i in 0..<20 { _ = h.roundTrip([UInt8(i)]) }
         let bases = try h.frontend.stop(queues: h.queues)  // disable, GET_VRING_BASE, SET_STATUS 0

@@ -12,11 +12,6 @@ import VhostUserTestSupport
 typealias Harness = EngineHarness
 
 extension EngineHarness {
-    convenience init(queueSize: Int = 256, memorySize: Int = 4 << 20, pollMaximum: UInt64 = 0, polling: AdaptivePolling? = nil) throws {
-        try self.init(.posix, queueSize: queueSize, memorySize: memorySize,
-                      polling: polling ?? AdaptivePolling(maximumNanoseconds: pollMaximum))
-    }
-
     /// The Posix back-end, which every harness of this target has.
     var posix: VhostUserBackend { backend! }
 }

@@ -615,6 +615,16 @@ import Testing
         #expect(deliver(&device).0 == nil)  // nothing pending: the buffer stays posted
     }
 
+    // §5.13.6.9.1: the reasons UNKNOWN, DOMAIN and MAPPING; a log line names the reason, endpoint,
+    // PASID (extension), address and access.
+    @Test func faultLogLineNamesTheReason() {
+        let domain = Fault(reason: .domain, flags: [.write, .address], endpoint: 3, address: 0x7000)
+        #expect("\(domain)" == "domain fault from endpoint 3 at 0x7000 W")
+        let mapping = Fault(reason: .mapping, flags: [.read, .address], endpoint: 9, address: 0x10, pasid: 5)
+        #expect("\(mapping)" == "mapping fault from endpoint 9 pasid 5 at 0x10 R")
+        #expect("\(Fault.Reason.unknown)" == "unknown")
+    }
+
     // Faults wait in a bounded queue; on overflow the oldest is dropped and counted.
     @Test func boundedFaultQueue() {
         var device = makeDevice(testConfiguration(limits: Limits(maxPendingFaults: 2), bypass: false))
