@@ -19,37 +19,44 @@ struct PASIDCommand: ParsableCommand {
         return store
     }
 
-    static func printJSON<T: Encodable>(_ value: T) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        print(String(decoding: try encoder.encode(value), as: UTF8.self))
+    /// The store and the output form of the read-only subcommands.
+    struct Report: ParsableArguments {
+        @OptionGroup var store: PASIDStoreLocation
+        @Flag(help: "Print JSON.") var json = false
+
+        /// Reads `value` from the store, then prints it as sorted-key JSON or through `text`.
+        func print<T: Encodable>(_ value: (SQLitePASIDStore) throws -> T, text: (T) -> Void) throws {
+            let read = try value(PASIDCommand.open(store))
+            guard json else { return text(read) }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            Swift.print(String(decoding: try encoder.encode(read), as: UTF8.self))
+        }
     }
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List every allocated PASID and its owner.")
-        @OptionGroup var store: PASIDStoreLocation
-        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var report: Report
 
         func run() throws {
-            let allocations = try PASIDCommand.open(store).allocations()
-            if json { return try PASIDCommand.printJSON(allocations) }
-            print("PASID    OWNER")
-            for a in allocations { print(String(a.pasid).padding(toLength: 8, withPad: " ", startingAt: 0) + " " + a.owner) }
+            try report.print({ try $0.allocations() }) { allocations in
+                print("PASID    OWNER")
+                for a in allocations { print(String(a.pasid).padding(toLength: 8, withPad: " ", startingAt: 0) + " " + a.owner) }
+            }
         }
     }
 
     struct Stats: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show the store's size, default quota and owners.")
-        @OptionGroup var store: PASIDStoreLocation
-        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var report: Report
 
         func run() throws {
-            let stats = try PASIDCommand.open(store).statistics()
-            if json { return try PASIDCommand.printJSON(stats) }
-            print("width \(stats.width), capacity \(stats.capacity), allocated \(stats.allocated), default quota \(stats.defaultQuota)")
-            for owner in stats.owners {
-                let lease = owner.pid.map { "pid \($0)\(owner.alive ? "" : " (dead)")" } ?? "no process"
-                print("  \(owner.name): \(owner.allocated) allocated, quota \(owner.quota.map(String.init) ?? "default"), \(lease)")
+            try report.print({ try $0.statistics() }) { stats in
+                print("width \(stats.width), capacity \(stats.capacity), allocated \(stats.allocated), default quota \(stats.defaultQuota)")
+                for owner in stats.owners {
+                    let lease = owner.pid.map { "pid \($0)\(owner.alive ? "" : " (dead)")" } ?? "no process"
+                    print("  \(owner.name): \(owner.allocated) allocated, quota \(owner.quota.map(String.init) ?? "default"), \(lease)")
+                }
             }
         }
     }

@@ -38,28 +38,12 @@ struct FrontendDeviceTests: GuestWorkload {
 
         // The VIOT puts both endpoints behind it: they join iommu groups when vfio-pci binds them, and the
         // daemon sees one PROBE and an ATTACH for each.
-        let group = try bindVFIO(machine, Self.workloadBDF)
-        _ = try bindVFIO(machine, Self.otherBDF)
-        let groups = try machine.run("list_groups")
-        #expect(groups.contains { $0.hasPrefix("@@GROUP \(Self.workloadBDF) ") }, "\(groups)")
-        #expect(groups.contains { $0.hasPrefix("@@GROUP \(Self.otherBDF) ") }, "\(groups)")
-        var counts = try requestCounts(daemon)
-        #expect(counts["PROBE/OK"] == 2, "one PROBE per endpoint: \(counts)")
-        #expect((counts["ATTACH/OK"] ?? 0) >= 2, "each endpoint attached: \(counts)")
-        let attached = Set(try domains(daemon).flatMap(\.endpoints))
-        #expect(attached == [Self.workloadEndpoint, Self.otherEndpoint], "endpoints in domains: \(attached)")
-        #expect(failures(counts).isEmpty, "\(counts)")
+        let group = try bindEndpointsToVFIO(machine, daemon, [(Self.workloadBDF, Self.workloadEndpoint),
+                                                              (Self.otherBDF, Self.otherEndpoint)])
 
         // The VFIO workload: one MAP and one UNMAP per buffer and round, plus VFIO_SET_IOMMU's own 8 KiB
         // MAP+UNMAP probe, every one answered OK.
-        let (buffers, iterations) = (256, 4)
-        let before = try requestCounts(daemon)
-        let result = try vfioRun(machine, group: group, buffers, iterations)
-        counts = try requestCounts(daemon)
-        #expect(result["maps"] == "\(buffers * iterations)" && result["unmaps"] == "\(buffers * iterations)", "\(result)")
-        #expect(delta(counts, before, "MAP/OK") == buffers * iterations + 1, "\(counts)")
-        #expect(delta(counts, before, "UNMAP/OK") == buffers * iterations + 1, "\(counts)")
-        #expect(failures(counts).isEmpty, "\(counts)")
+        try vfioMapUnmapRun(machine, daemon, group: group, 256, 4)
         #expect(try domains(daemon).allSatisfy { $0.mappings == 0 }, "every mapping was unmapped")
 
         // A VM pause and resume: QEMU signals each kick eventfd before it enables the ring again; the
@@ -67,10 +51,7 @@ struct FrontendDeviceTests: GuestWorkload {
         // ring causes no side effects), so the next run maps and unmaps as before.
         try machine.qmp("stop")
         try machine.qmp("cont")
-        let again = try requestCounts(daemon)
-        _ = try vfioRun(machine, group: group, 64, 1)
-        counts = try requestCounts(daemon)
-        #expect(delta(counts, again, "MAP/OK") == 64 + 1 && failures(counts).isEmpty, "\(counts)")
+        try vfioMapUnmapRun(machine, daemon, group: group, 64, 1)
         let unknownFaults = machine.transcript.filter { $0.contains("unknown fault") }
         #expect(unknownFaults.isEmpty, "event buffers came back empty:\n\(unknownFaults.joined(separator: "\n"))")
 
@@ -82,10 +63,7 @@ struct FrontendDeviceTests: GuestWorkload {
         try machine.waitFor("@@READY")
         #expect((try daemon.stats()["resets"] as? Int ?? -1) > resetsBefore, "the reboot reset the device")
         let regroup = try bindVFIO(machine, Self.workloadBDF)
-        let afterReboot = try requestCounts(daemon)
-        _ = try vfioRun(machine, group: regroup, 64, 1)
-        counts = try requestCounts(daemon)
-        #expect(delta(counts, afterReboot, "MAP/OK") == 64 + 1 && failures(counts).isEmpty, "\(counts)")
+        try vfioMapUnmapRun(machine, daemon, group: regroup, 64, 1)
 
         // Clean shutdown on both sides, and nothing QEMU complained about on the way (its messages start with
         // its name: a refused configuration, a failed vhost start, a lost connection).

@@ -26,6 +26,38 @@ extension GuestWorkload {
         return try #require(group, "\(bdf) did not join an iommu group: \(lines)\n\(machine.log)")
     }
 
+    /// Binds each endpoint to vfio-pci (Linux probes the IOMMU when a driver binds, so each joins an iommu
+    /// group then): the daemon answers one PROBE per endpoint (§5.13.6.8) and attaches each (§5.13.6.3),
+    /// and no request failed. Returns the first endpoint's group.
+    func bindEndpointsToVFIO(_ machine: Machine, _ daemon: Daemon, _ endpoints: [(bdf: String, id: Int)]) throws -> Int {
+        let groups = try endpoints.map { try bindVFIO(machine, $0.bdf) }
+        let listed = try machine.run("list_groups")
+        for (bdf, _) in endpoints { #expect(listed.contains { $0.hasPrefix("@@GROUP \(bdf) ") }, "\(listed)") }
+        let counts = try requestCounts(daemon)
+        #expect(counts["PROBE/OK"] == endpoints.count, "one PROBE per endpoint: \(counts)")
+        #expect((counts["ATTACH/OK"] ?? 0) >= endpoints.count, "each endpoint attached: \(counts)")
+        let attached = Set(try domains(daemon).flatMap(\.endpoints))
+        #expect(attached == Set(endpoints.map(\.id)), "endpoints in domains: \(attached)")
+        #expect(failures(counts).isEmpty, "\(counts)")
+        return groups[0]
+    }
+
+    /// One vfio-dma run of `buffers` × `iterations` MAP+UNMAP pairs, plus VFIO_SET_IOMMU's own 8 KiB
+    /// MAP+UNMAP probe at IOVA 0: every one reaches the daemon once and is answered OK (§5.13.6.5,
+    /// §5.13.6.6; Linux ignores a failed status, so the daemon's counts are checked). Returns the report.
+    @discardableResult
+    func vfioMapUnmapRun(_ machine: Machine, _ daemon: Daemon, group: Int, _ buffers: Int, _ iterations: Int) throws -> [String: String] {
+        let before = try requestCounts(daemon)
+        let report = try vfioRun(machine, group: group, buffers, iterations)
+        let after = try requestCounts(daemon)
+        let pairs = buffers * iterations
+        #expect(report["maps"] == "\(pairs)" && report["unmaps"] == "\(pairs)", "\(report)")
+        #expect(delta(after, before, "MAP/OK") == pairs + 1, "\(after)")
+        #expect(delta(after, before, "UNMAP/OK") == pairs + 1, "\(after)")
+        #expect(failures(after).isEmpty, "\(after)")
+        return report
+    }
+
     /// Runs vfio-dma and returns its key=value report.
     func vfioRun(_ machine: Machine, group: Int, _ buffers: Int, _ iterations: Int) throws -> [String: String] {
         let lines = try machine.run("vfio-dma \(group) \(buffers) 4096 \(iterations)")
