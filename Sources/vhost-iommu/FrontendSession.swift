@@ -4,9 +4,9 @@ import SystemPackage
 import VhostUser
 import VirtioIOMMU
 
-/// The daemon's side of docs/frontend-protocol.md with one front-end connection: HELLO, SET_REGION
-/// and RESET (STATE_PUSH is refused: resync after a reconnect is not implemented yet), and the op log
-/// that keeps QEMU's mirror of the model current. Used from the event-loop thread only; `VhostUserIOMMU`
+/// The daemon's side of docs/frontend-protocol.md with one front-end connection: HELLO, SET_REGION,
+/// STATE_PUSH (QEMU's mirror adopted after a reconnect) and RESET, the op log that keeps that mirror
+/// current, and the fault ring. Used from the event-loop thread only; `VhostUserIOMMU`
 /// keeps it behind its own lock, taken after the model's.
 final class FrontendSession {
     private enum Phase {
