@@ -54,17 +54,17 @@ public final class Daemon: @unchecked Sendable {
         // this test process keeps the daemon's end open: the daemon is its only writer, and its end of
         // file means the daemon is gone and every line it wrote has been read.
         let (ours, theirs) = try SystemCall.socketPair()
-        let ends = [ours.rawValue, theirs.rawValue]
-        process.standardError = FileHandle(fileDescriptor: ends[1], closeOnDealloc: false)
+        process.standardError = FileHandle(fileDescriptor: theirs.rawValue, closeOnDealloc: false)
         process.standardOutput = FileHandle.nullDevice
         do {
             try process.run()
         } catch {
-            close(ends[0]); close(ends[1])
+            try? ours.close()
+            try? theirs.close()
             throw error
         }
-        close(ends[1])
-        logReader.start(reading: ends[0])
+        try? theirs.close()
+        logReader.start(reading: ours)
         if waitForSocket {
             let deadline = ContinuousClock.now + .seconds(10)
             while (access(socketPath, F_OK) != 0 || access(controlPath, F_OK) != 0) && ContinuousClock.now < deadline
@@ -120,17 +120,20 @@ public final class Daemon: @unchecked Sendable {
 
     /// One control-socket request and its parsed reply.
     public func control(_ json: String) throws -> [String: Any] {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        try SystemCall.connect(FileDescriptor(rawValue: fd), path: controlPath)
-        let line = Array((json + "\n").utf8)
-        _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        let socket = try SystemCall.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue))
+        defer { try? socket.close() }
+        try SystemCall.connect(socket, path: controlPath)
+        _ = try Array((json + "\n").utf8).withUnsafeBytes { bytes throws(Errno) in try SystemCall.send(socket, bytes) }
+        // The reply is one line; a daemon that says nothing for 5 s gets an empty answer.
         var reply: [UInt8] = []
-        var byte: UInt8 = 0
-        var tv = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        while recv(fd, &byte, 1, 0) == 1 && byte != UInt8(ascii: "\n") { reply.append(byte) }
-        return (try JSONSerialization.jsonObject(with: Data(reply)) as? [String: Any]) ?? [:]
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !reply.contains(UInt8(ascii: "\n")), SystemCall.isReadable(socket, within: 5000) {
+            let count = try buffer.withUnsafeMutableBytes { try socket.read(into: $0) }
+            if count <= 0 { break }
+            reply += buffer[..<count]
+        }
+        let line = reply.prefix { $0 != UInt8(ascii: "\n") }
+        return (try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any]) ?? [:]
     }
 
     public func stats() throws -> [String: Any] { (try control(#"{"op":"stats"}"#)["stats"] as? [String: Any]) ?? [:] }
@@ -148,19 +151,19 @@ private final class LogReader: @unchecked Sendable {
     private var data = Data()
     private var ended = false
 
-    func start(reading fd: Int32) {
+    func start(reading fd: FileDescriptor) {
         Thread.detachNewThread { [self] in
             var buffer = [UInt8](repeating: 0, count: 65536)
             while true {
-                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
+                // swift-system retries an interrupted read; an error ends the log as end of file does.
+                let n = (try? buffer.withUnsafeMutableBytes { try fd.read(into: $0) }) ?? 0
                 condition.lock()
                 if n > 0 { data.append(contentsOf: buffer[0..<n]) } else { ended = true }
                 condition.broadcast()
                 condition.unlock()
                 if n <= 0 { break }
             }
-            close(fd)
+            try? fd.close()
         }
     }
 

@@ -91,7 +91,7 @@ public final class TestFrontend: @unchecked Sendable {
             let n = try out.withUnsafeMutableBytes { b in
                 try SystemCall.receive(socket, into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), fds: &fds)
             }
-            for fd in fds { close(fd) }
+            for fd in fds { try? FileDescriptor(rawValue: fd).close() }
             if n == 0 { throw FrontendError.closed }
             got += n
         }
