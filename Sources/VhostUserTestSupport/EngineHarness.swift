@@ -66,7 +66,7 @@ public final class EngineHarness {
     /// The device's bits and every transport bit the engine offers (virtio 1.4 §6, vhost-user.rst).
     public var allFeatures: UInt64 {
         EchoDevice.featureA | EchoDevice.featureB | VirtioSpec.VIRTIO_F_INDIRECT_DESC | VirtioSpec.VIRTIO_F_EVENT_IDX
-            | VirtioSpec.VHOST_USER_F_PROTOCOL_FEATURES | VirtioSpec.VIRTIO_F_VERSION_1
+            | VhostUserSpec.VHOST_USER_F_PROTOCOL_FEATURES | VirtioSpec.VIRTIO_F_VERSION_1
     }
 
     /// Initialization and start exactly as QEMU does them.

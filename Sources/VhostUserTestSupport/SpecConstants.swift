@@ -8,6 +8,13 @@ public enum VirtioSpec {
     public static let VIRTIO_F_VERSION_1: UInt64 = 1 << 32
     public static let VIRTIO_F_ACCESS_PLATFORM: UInt64 = 1 << 33
 
+    // virtio 1.4 §2.7.6 and §2.7.8: the ring flags.
+    public static let VIRTQ_AVAIL_F_NO_INTERRUPT: UInt16 = 1
+    public static let VIRTQ_USED_F_NO_NOTIFY: UInt16 = 1
+}
+
+/// vhost-user.rst's numbers (QEMU's docs/interop/vhost-user.rst), under its own names.
+public enum VhostUserSpec {
     // vhost-user.rst, "Feature negotiation": the bit vhost-user takes from the device's feature space.
     public static let VHOST_USER_F_PROTOCOL_FEATURES: UInt64 = 1 << 30
 
@@ -19,8 +26,4 @@ public enum VirtioSpec {
     public static let VHOST_USER_PROTOCOL_F_RESET_DEVICE: UInt64 = 1 << 13
     public static let VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS: UInt64 = 1 << 15
     public static let VHOST_USER_PROTOCOL_F_STATUS: UInt64 = 1 << 16
-
-    // virtio 1.4 §2.7.6 and §2.7.8: the ring flags.
-    public static let VIRTQ_AVAIL_F_NO_INTERRUPT: UInt16 = 1
-    public static let VIRTQ_USED_F_NO_NOTIFY: UInt16 = 1
 }

@@ -43,7 +43,7 @@ import VirtioIOMMU
         typealias V = VirtioSpec
         #expect(features == S.VIRTIO_IOMMU_F_INPUT_RANGE | S.VIRTIO_IOMMU_F_DOMAIN_RANGE | S.VIRTIO_IOMMU_F_MAP_UNMAP
                 | S.VIRTIO_IOMMU_F_PROBE | S.VIRTIO_IOMMU_F_MMIO | S.VIRTIO_IOMMU_F_BYPASS_CONFIG
-                | V.VIRTIO_F_INDIRECT_DESC | V.VIRTIO_F_EVENT_IDX | V.VHOST_USER_F_PROTOCOL_FEATURES | V.VIRTIO_F_VERSION_1)
+                | V.VIRTIO_F_INDIRECT_DESC | V.VIRTIO_F_EVENT_IDX | VhostUserSpec.VHOST_USER_F_PROTOCOL_FEATURES | V.VIRTIO_F_VERSION_1)
         #expect(features & V.VIRTIO_F_ACCESS_PLATFORM == 0)
         let config = try frontend.getConfig(size: 40)
         try #require(config.count == 40)

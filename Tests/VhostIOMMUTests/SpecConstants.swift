@@ -19,7 +19,7 @@ enum IOMMUSpec {
     static let linuxGuestFeatures: UInt64 = VIRTIO_IOMMU_F_MAP_UNMAP | VIRTIO_IOMMU_F_INPUT_RANGE
         | VIRTIO_IOMMU_F_DOMAIN_RANGE | VIRTIO_IOMMU_F_PROBE | VIRTIO_IOMMU_F_MMIO | VIRTIO_IOMMU_F_BYPASS_CONFIG
         | VirtioSpec.VIRTIO_F_VERSION_1 | VirtioSpec.VIRTIO_F_INDIRECT_DESC | VirtioSpec.VIRTIO_F_EVENT_IDX
-        | VirtioSpec.VIRTIO_F_ACCESS_PLATFORM | VirtioSpec.VHOST_USER_F_PROTOCOL_FEATURES
+        | VirtioSpec.VIRTIO_F_ACCESS_PLATFORM | VhostUserSpec.VHOST_USER_F_PROTOCOL_FEATURES
 
     // §5.13.6 Device operations: the status byte of the tail.
     static let VIRTIO_IOMMU_S_OK: UInt8 = 0

@@ -13,18 +13,19 @@ import VhostUserTestSupport
         // Offer the device's bits and exactly the transport bits the engine implements (virtio 1.4 §6,
         // vhost-user.rst "Feature negotiation"), and the protocol features it implements ("Protocol features").
         typealias V = VirtioSpec
+        typealias U = VhostUserSpec
         #expect(features == EchoDevice.featureA | EchoDevice.featureB | V.VIRTIO_F_INDIRECT_DESC | V.VIRTIO_F_EVENT_IDX
-                | V.VHOST_USER_F_PROTOCOL_FEATURES | V.VIRTIO_F_VERSION_1)
-        #expect(try h.frontend.getProtocolFeatures().rawValue == V.VHOST_USER_PROTOCOL_F_MQ | V.VHOST_USER_PROTOCOL_F_REPLY_ACK
-                | V.VHOST_USER_PROTOCOL_F_BACKEND_REQ | V.VHOST_USER_PROTOCOL_F_CONFIG | V.VHOST_USER_PROTOCOL_F_RESET_DEVICE
-                | V.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS | V.VHOST_USER_PROTOCOL_F_STATUS)
+                | U.VHOST_USER_F_PROTOCOL_FEATURES | V.VIRTIO_F_VERSION_1)
+        #expect(try h.frontend.getProtocolFeatures().rawValue == U.VHOST_USER_PROTOCOL_F_MQ | U.VHOST_USER_PROTOCOL_F_REPLY_ACK
+                | U.VHOST_USER_PROTOCOL_F_BACKEND_REQ | U.VHOST_USER_PROTOCOL_F_CONFIG | U.VHOST_USER_PROTOCOL_F_RESET_DEVICE
+                | U.VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS | U.VHOST_USER_PROTOCOL_F_STATUS)
         try h.frontend.setProtocolFeatures(.supported)
         #expect(try h.frontend.getU64(.getQueueNum) == 2)
         #expect(try h.frontend.getU64(.getMaxMemSlots) == 32)
         // Unoffered bits are refused (with REPLY_ACK the refusal is visible).
         try h.frontend.send(.setFeatures, TestFrontend.bytes(UInt64(1) << 40), needReply: true)
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setFeatures)) != 0)
-        try h.frontend.send(.setFeatures, TestFrontend.bytes(EchoDevice.featureA | VirtioSpec.VHOST_USER_F_PROTOCOL_FEATURES), needReply: true)
+        try h.frontend.send(.setFeatures, TestFrontend.bytes(EchoDevice.featureA | VhostUserSpec.VHOST_USER_F_PROTOCOL_FEATURES), needReply: true)
         #expect(TestFrontend.u64(try h.frontend.receiveReply(to: .setFeatures)) == 0)
         #expect(h.device.state.withLock { $0.negotiated } == EchoDevice.featureA)
         try h.frontend.send(.setProtocolFeatures, TestFrontend.bytes(UInt64(1) << 2), needReply: true)

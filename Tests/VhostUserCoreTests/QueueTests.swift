@@ -175,7 +175,7 @@ import VhostUserTestSupport
     // Ring states: without VHOST_USER_F_PROTOCOL_FEATURES there is no SET_VRING_ENABLE; rings start enabled.
     @Test func withoutProtocolFeaturesRingsAreEnabled() throws {
         let h = try Harness(.embedded)
-        try h.start(features: h.allFeatures & ~VirtioSpec.VHOST_USER_F_PROTOCOL_FEATURES)
+        try h.start(features: h.allFeatures & ~VhostUserSpec.VHOST_USER_F_PROTOCOL_FEATURES)
         #expect(h.roundTrip([5, 6]).1 == [6, 5])
         #expect(h.device.processed == 1)
     }
