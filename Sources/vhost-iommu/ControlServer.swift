@@ -20,11 +20,10 @@ final class ControlServer: @unchecked Sendable {
     private let wake: OwnedFileDescriptor
     private let stopped = Atomic<Bool>(false)
     private var thread: OSThread?
-    /// What else contributes to `stats` besides the model (the engine: event buffers posted, polling, ring
-    /// errors); each is asked on the control thread, so each must be safe to read from there.
+    /// Where `stats` comes from (the device and the engine), asked on the control thread.
     private let sources: [any StatisticsSource]
 
-    init(path: String, device: VhostUserIOMMU, sources: [any StatisticsSource] = [], logger: Logger) throws {
+    init(path: String, device: VhostUserIOMMU, sources: [any StatisticsSource], logger: Logger) throws {
         listener = try Listener(path: path)
         self.device = device
         self.sources = sources
@@ -147,15 +146,10 @@ final class ControlServer: @unchecked Sendable {
             case .failure(let failure): return .error(failure.reason)
             }
         case "stats":
-            var stats = device.model.withLock { Statistics($0) }
-            let faults = device.frontendFaultCounters.withLock { $0 }
-            (stats.frontendFaults, stats.frontendFaultRecordsRefused, stats.frontendFaultsDropped) =
-                (faults.reported, faults.refused, faults.droppedByFrontend)
-            for source in sources { source.contribute(to: &stats) }
-            return ControlReply(ok: true, stats: stats)
+            return ControlReply(ok: true, stats: Statistics(sources))
         case "domains":
-            let domains = device.model.withLock { device in
-                device.domains.values.sorted { $0.id < $1.id }.map {
+            let domains = device.model.withLock { model in
+                model.domains.values.sorted { $0.id < $1.id }.map {
                     ControlReply.DomainInfo(id: $0.id, endpoints: $0.endpoints.sorted(), mappings: $0.mappings.count, bypass: $0.isBypass)
                 }
             }

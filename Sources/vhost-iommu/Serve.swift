@@ -43,14 +43,15 @@ struct Serve: ParsableCommand {
             device: device, limits: .init(maxMemoryRegions: options.maxMemoryRegions, maxMessageSize: options.maxMessageSize),
             polling: AdaptivePolling(maximumNanoseconds: options.pollMaxUs * 1000,
                                      yieldAfterNanoseconds: options.pollYieldUs.map { $0 * 1000 }), logger: Logger(label: "vhost-user"))
-        let control = try options.controlSocket.map { try ControlServer(path: $0, device: device, sources: [backend], logger: logger) }
+        let sources: [any StatisticsSource] = [device, backend]
+        let control = try options.controlSocket.map { try ControlServer(path: $0, device: device, sources: sources, logger: logger) }
         let stop = Signals.handle(
             stop: { backend.requestStop(); control?.stop() },
-            report: { Statistics.log(device, logger: logger) })
+            report: { Statistics.log(sources, logger: logger) })
         defer { stop() }
         try backend.run(options.fd.map { .connected(FileDescriptor(rawValue: $0)) } ?? .listener(path: options.socketPath!, reconnect: options.reconnect))
         control?.stop()
-        Statistics.log(device, logger: logger)
+        Statistics.log(sources, logger: logger)
     }
 
     /// Opens the PASID store and takes this VM's lease on its owner name. A store that cannot be used

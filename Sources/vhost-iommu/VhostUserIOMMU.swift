@@ -62,13 +62,13 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
     /// QEMU's generic device sends the whole config on each write. Read-only bytes must be unchanged;
     /// with the migration flag they may differ and only `bypass` is taken.
     func writeConfig(offset: Int, bytes: [UInt8], migration: Bool) -> Bool {
-        model.withLock { device in
+        model.withLock { model in
             if migration {
                 let at = ConfigSpace.bypassOffset - offset
                 guard at >= 0, at < bytes.count else { return true }
-                return (try? device.writeConfig(offset: ConfigSpace.bypassOffset, bytes: [bytes[at]])) != nil
+                return (try? model.writeConfig(offset: ConfigSpace.bypassOffset, bytes: [bytes[at]])) != nil
             }
-            return (try? device.writeConfig(offset: offset, bytes: bytes)) != nil
+            return (try? model.writeConfig(offset: offset, bytes: bytes)) != nil
         }
     }
 
@@ -84,21 +84,21 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
 
     /// One chain, under the model's lock: a request (its changes published to QEMU's log first, when a
     /// front-end mirrors the model) or an event buffer for the oldest pending fault.
-    private func handle(queue: Int, readable: ChainReadable, writable: ChainWritable, device: inout IOMMUModel) -> Int {
-        guard queue == Self.requestQueue else { return device.deliverFault(into: writable) ?? 0 }
-        let length = device.handle(readable: readable, writable: writable)
-        if device.recordsChanges { frontend.publishRequest(of: &device) }
+    private func handle(queue: Int, readable: ChainReadable, writable: ChainWritable, model: inout IOMMUModel) -> Int {
+        guard queue == Self.requestQueue else { return model.deliverFault(into: writable) ?? 0 }
+        let length = model.handle(readable: readable, writable: writable)
+        if model.recordsChanges { frontend.publishRequest(of: &model) }
         return length
     }
 
     func process(queue: Int, readable: ChainReadable, writable: ChainWritable) -> Int {
-        model.withLock { device in handle(queue: queue, readable: readable, writable: writable, device: &device) }
+        model.withLock { model in handle(queue: queue, readable: readable, writable: writable, model: &model) }
     }
 
     /// One lock for a whole turn of the request queue, not one per request.
     func processChains(queue: Int, _ drain: (_ handle: (ChainReadable, ChainWritable) -> Int) -> Void) {
-        model.withLock { device in
-            drain { readable, writable in handle(queue: queue, readable: readable, writable: writable, device: &device) }
+        model.withLock { model in
+            drain { readable, writable in handle(queue: queue, readable: readable, writable: writable, model: &model) }
         }
     }
 
@@ -106,8 +106,8 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
 
     func handleDeviceRequest(_ request: UInt32, payload: [UInt8], descriptors: inout ReceivedDescriptors) -> [UInt8]? {
         let session = frontend
-        let reply = model.withLock { device in
-            session.handle(request, payload: payload, descriptors: &descriptors, model: &device)
+        let reply = model.withLock { model in
+            session.handle(request, payload: payload, descriptors: &descriptors, model: &model)
         }
         if let violation = frontend.lastViolation { logger.error("front-end protocol: \(violation)") }
         return reply
@@ -119,7 +119,7 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
 
     func completionMayProceed(queue: Int) -> Bool {
         let session = frontend
-        return model.withLock { device in session.waitIsOver(model: &device) }
+        return model.withLock { model in session.waitIsOver(model: &model) }
     }
 
     func completionForced(queue: Int) { frontend.abandonWait() }
@@ -137,7 +137,7 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
         if descriptor == frontend.faultDescriptor {
             // The engine delivers the queued faults into posted event buffers after this call.
             let session = frontend
-            model.withLock { device in _ = session.drainFaults(model: &device) }
+            model.withLock { model in _ = session.drainFaults(model: &model) }
             if let failure = frontend.faultRingFailure {
                 frontend.faultRingFailure = nil
                 logger.error("front-end protocol: \(failure)")
@@ -149,7 +149,7 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
         guard !acknowledgementWaiters.isEmpty else { return }
         let session = frontend
         let waiters = acknowledgementWaiters
-        let acknowledged = model.withLock { device in waiters.map { session.isAcknowledged($0.0, model: &device) } }
+        let acknowledged = model.withLock { model in waiters.map { session.isAcknowledged($0.0, model: &model) } }
         acknowledgementWaiters = []
         for (waiter, done) in zip(waiters, acknowledged) {
             if done { waiter.1.finish(.success(())) } else { acknowledgementWaiters.append(waiter) }
@@ -180,17 +180,17 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
         let session = frontend
         for request in requests {
             logger.debug("operator DETACH of endpoint \(request.endpoint)")
-            let outcome: FrontendSession.LocalOutcome = model.withLock { device in
-                guard let domain = device.endpoints[request.endpoint]?.domain else {
-                    return .failed(device.endpoints[request.endpoint] == nil ? "unknown endpoint \(request.endpoint)"
+            let outcome: FrontendSession.LocalOutcome = model.withLock { model in
+                guard let domain = model.endpoints[request.endpoint]?.domain else {
+                    return .failed(model.endpoints[request.endpoint] == nil ? "unknown endpoint \(request.endpoint)"
                                                                              : "endpoint \(request.endpoint) is in no domain")
                 }
-                let status = device.execute(DetachRequest(domain: domain, endpoint: request.endpoint))
+                let status = model.execute(DetachRequest(domain: domain, endpoint: request.endpoint))
                 guard status == .ok else {
-                    device.drainChanges { _ in }
+                    model.drainChanges { _ in }
                     return .failed("DETACH refused: \(status)")
                 }
-                return device.recordsChanges ? session.publishLocal(of: &device) : .done
+                return model.recordsChanges ? session.publishLocal(of: &model) : .done
             }
             logger.debug("operator DETACH of endpoint \(request.endpoint): \(outcome)")
             switch outcome {
@@ -211,15 +211,15 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
         for (_, request) in acknowledgementWaiters { request.finish(.success(())) }  // done in the model; QEMU is gone
         acknowledgementWaiters = []
         let session = frontend
-        model.withLock { device in session.end(model: &device) }
+        model.withLock { model in session.end(model: &model) }
     }
 
     /// A failed PASID release does not stop the reset; it is logged here and counted in stats.
     func reset() {
-        let failure: PASIDReleaseFailure? = model.withLock { device in
-            let before = device.counters.pasidReleaseFailures
-            device.reset()
-            return device.counters.pasidReleaseFailures > before ? device.lastPASIDReleaseFailure : nil
+        let failure: PASIDReleaseFailure? = model.withLock { model in
+            let before = model.counters.pasidReleaseFailures
+            model.reset()
+            return model.counters.pasidReleaseFailures > before ? model.lastPASIDReleaseFailure : nil
         }
         if let failure {
             logger.error("device reset: the PASID store did not take back this VM's \(failure.pasids.count) PASIDs: \(failure.error)")
@@ -228,9 +228,9 @@ final class VhostUserIOMMU: VhostUserDevice, Sendable {
 
     /// Translates for a consumer; a fault is queued for the guest and the loop is woken to deliver it.
     func translate(endpoint: UInt32, pasid: UInt32?, iova: UInt64, length: UInt64, access: Access) -> Result<Segments, TranslationError> {
-        let result = model.withLock { device in
+        let result = model.withLock { model in
             Result { () throws(TranslationError) -> Segments in
-                try device.translate(endpoint: endpoint, pasid: pasid, iova: iova, length: length, access: access)
+                try model.translate(endpoint: endpoint, pasid: pasid, iova: iova, length: length, access: access)
             }
         }
         if case .failure(.fault) = result { waker.withLock { $0?.wake() } }

@@ -249,9 +249,9 @@ struct NotifierTests: GuestWorkload {
                 IOVARange(try value("vring-used"), 6 + 8 * num)]
     }
 
-    /// A counter from the last "counters: requests [...]" line the daemon logged (at its exit).
+    /// A counter from the last "statistics: requests [...]" line the daemon logged (at its exit).
     static func finalCount(_ log: String, _ key: String) -> Int? {
-        guard let line = log.split(separator: "\n").last(where: { $0.contains("counters: requests [") }) else { return nil }
+        guard let line = log.split(separator: "\n").last(where: { $0.contains("statistics: requests [") }) else { return nil }
         guard let field = line.split(separator: " ").first(where: { $0.hasPrefix(key + "=") || $0.hasPrefix("[" + key + "=") }) else { return 0 }
         return Int(field.split(separator: "=").last?.trimmingCharacters(in: CharacterSet(charactersIn: "]")) ?? "")
     }

@@ -248,7 +248,7 @@ import VirtioIOMMU
         #expect(domains?.isEmpty == true)  // reset by the disconnect
         #expect(guest.status(AttachRequest(domain: 1, endpoint: 1).encoded) == .ok)
         #expect(daemon.terminate() == 0)
-        #expect(daemon.log.contains("counters: requests [ATTACH/OK=2]"))  // logged at exit; counters span connections
+        #expect(daemon.log.contains("statistics: requests [ATTACH/OK=2]"))  // logged at exit; counts span connections
         #expect(!daemon.log.contains(" error "))
     }
 
