@@ -24,9 +24,8 @@ public struct Listener: ~Copyable {
     public let path: String
 
     public init(path: String) throws(ListenError) {
-        var info = stat()
-        if lstat(path, &info) == 0 {
-            guard info.st_mode & S_IFMT == S_IFSOCK else { throw .notASocket(path) }
+        if let info = try? FilePath(path).stat(followTargetSymlink: false) {  // lstat(2): a symlink is not a socket
+            guard info.type == .socket else { throw .notASocket(path) }
             if Self.isLive(path) { throw .pathInUse(path) }
         }
         let fd: FileDescriptor

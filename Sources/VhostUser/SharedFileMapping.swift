@@ -61,11 +61,18 @@ extension SharedFileMapping {
         try checkSealedFile(descriptor, size: size, maximumSize: maximumSize)
         var bytes = [UInt8](repeating: 0, count: Int(size))
         var done = 0
-        let fd = descriptor.rawValue
+        let fd = descriptor.descriptor
         while done < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw .system(Errno(rawValue: n < 0 ? errno : EIO)) }
+            let n: Int
+            do {
+                n = try bytes.withUnsafeMutableBufferPointer { buffer throws(Errno) in
+                    let rest = UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[done...]))
+                    return try SystemCall.read(fd, fromAbsoluteOffset: done, into: rest)
+                }
+            } catch {
+                throw .system(error)
+            }
+            guard n > 0 else { throw .system(.ioError) }
             done += n
         }
         return bytes

@@ -201,6 +201,13 @@ public enum SystemCall {
         do { try fd.resize(to: Int64(size)) } catch { throw (error as? Errno) ?? .ioError }
     }
 
+    /// pread(2) through swift-system's `read(fromAbsoluteOffset:into:)` (EINTR retried), its untyped error as the
+    /// `Errno` it is. Returns the byte count (0 at end of file).
+    public static func read(_ fd: FileDescriptor, fromAbsoluteOffset offset: Int,
+                            into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        do { return try fd.read(fromAbsoluteOffset: Int64(offset), into: buffer) } catch { throw (error as? Errno) ?? .ioError }
+    }
+
     /// poll(2) over `fds`, retried on EINTR; the number of entries with events.
     public static func poll(_ fds: inout [pollfd], timeout: CInt) throws(Errno) -> Int {
         let count = nfds_t(fds.count)

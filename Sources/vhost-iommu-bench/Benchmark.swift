@@ -99,10 +99,11 @@ func ownExecutablePath() -> String? {
     return String(decoding: path[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
-/// Starts `arguments[0]` with `arguments` as its argv (and `actions`, if any); the child's pid.
-func spawn(_ arguments: [String], actions: UnsafePointer<posix_spawn_file_actions_t>? = nil) -> pid_t? {
+/// Starts `arguments[0]` with `arguments` as its argv; the child's pid, for the caller to signal and reap
+/// (the daemon benchmarks kill and waitpid it; Foundation's `Process` would reap it itself).
+func spawn(_ arguments: [String]) -> pid_t? {
     var argv = arguments.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
-    return posix_spawn(&pid, arguments[0], actions, nil, &argv, environ) == 0 ? pid : nil
+    return posix_spawn(&pid, arguments[0], nil, nil, &argv, environ) == 0 ? pid : nil
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import PASIDAllocators
 import PASIDStore
@@ -94,46 +95,46 @@ enum PASIDStoreBenchmark {
     /// A contender process: its report, and the pipe whose closing lets it exit.
     struct Worker {
         var owner: String
-        var pid: pid_t
+        var process: Process?
         var output: String
-        var release: Int32
+        var release: FileHandle
 
         func finish() {
-            close(release)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            try? release.close()
+            process?.waitUntilExit()
         }
     }
 
     /// Starts the contenders (this executable in worker mode) together; returns once each has reported.
     static func spawnWorkers(path: String) -> [Worker] {
         guard let me = ownExecutablePath() else { return [] }
-        var running: [(String, pid_t, Int32, Int32)] = []
+        var running: [(owner: String, process: Process?, output: FileHandle, release: FileHandle)] = []
         for i in 0..<contenders {
-            var output: [Int32] = [0, 0], input: [Int32] = [0, 0]
-            // Close-on-exec, so that later contenders do not inherit (and hold open) earlier ones' pipes.
-            pipe(&output)
-            pipe(&input)
-            for fd in output + input { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            posix_spawn_file_actions_adddup2(&actions, output[1], 1)
-            posix_spawn_file_actions_adddup2(&actions, input[0], 0)
+            // Process closes every other descriptor in the child, so later contenders do not inherit (and
+            // hold open) earlier ones' pipes; it also closes our copies of the ends the child uses.
+            let output = Pipe(), input = Pipe()
             let owner = "vm-\(i)"
-            let pid = spawn([me, "--pasid-worker", path, owner], actions: &actions) ?? -1
-            posix_spawn_file_actions_destroy(&actions)
-            close(output[1])
-            close(input[0])
-            running.append((owner, pid, output[0], input[1]))
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: me)
+            process.arguments = ["--pasid-worker", path, owner]
+            process.standardOutput = output
+            process.standardInput = input
+            let started = (try? process.run()) != nil
+            running.append((owner, started ? process : nil, output.fileHandleForReading, input.fileHandleForWriting))
         }
-        return running.map { owner, pid, fd, release in
+        return running.map { owner, process, output, release in
             // Read until the worker's "done" line (it keeps running, and its PASIDs, until released).
             var text: [UInt8] = []
-            var byte: UInt8 = 0
             let done = Array("done\n".utf8)
-            while !text.suffix(done.count).elementsEqual(done), read(fd, &byte, 1) == 1 { text.append(byte) }
-            close(fd)
-            return Worker(owner: owner, pid: pid, output: String(decoding: text, as: UTF8.self), release: release)
+            if process != nil {
+                while !text.suffix(done.count).elementsEqual(done) {
+                    let chunk = output.availableData
+                    if chunk.isEmpty { break }
+                    text += chunk
+                }
+            }
+            try? output.close()
+            return Worker(owner: owner, process: process, output: String(decoding: text, as: UTF8.self), release: release)
         }
     }
 
@@ -147,8 +148,7 @@ enum PASIDStoreBenchmark {
             print(held.map(String.init).joined(separator: " "))
             print("done")
             fflush(nil)
-            var byte: UInt8 = 0
-            while read(0, &byte, 1) == 1 {}  // alive, holding its PASIDs, until the parent has checked
+            _ = try? FileHandle.standardInput.readToEnd()  // alive, holding its PASIDs, until the parent has checked
             return 0
         } catch {
             print("error: \(error)")

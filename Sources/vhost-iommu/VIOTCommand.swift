@@ -1,5 +1,5 @@
 import ArgumentParser
-import Glibc
+import SystemPackage
 
 /// `vhost-iommu viot`: writes the ACPI VIOT table for QEMU's `-acpitable file=…`.
 struct VIOTCommand: ParsableCommand {
@@ -31,8 +31,11 @@ struct VIOTCommand: ParsableCommand {
 
     func run() throws {
         let bytes = try table().bytes
-        let fd = open(output, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0, bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count, close(fd) == 0 else {
+        do {
+            let fd = try FileDescriptor.open(FilePath(output), .writeOnly, options: [.create, .truncate, .closeOnExec],
+                                             permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            try fd.closeAfter { _ = try fd.writeAll(bytes) }
+        } catch {
             throw ValidationError("cannot write \(output)")
         }
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import SystemPackage
 
 /// The executable's root: `vhost-iommu [serve options]` serves the device; subcommands administer.
 @main
@@ -22,7 +23,7 @@ struct VhostIOMMUCommand: ParsableCommand {
             }
             let message = self.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
             let line = Array("vhost-iommu: \(message)\n".utf8)
-            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            _ = try? FileDescriptor.standardError.writeAll(line)
             Glibc.exit(code.rawValue)
         }
     }
