@@ -1,5 +1,6 @@
 // libFuzzer target: the vhost-user message stream, split into chunks that carry fuzzed numbers of
-// real descriptors (memfds and eventfds), through the engine's decoder, validation and handlers.
+// descriptors (the embedded driver's memory files and events), through the engine's decoder,
+// validation and handlers.
 // After each input the "connection" ends; no descriptor may be left open.
 import FuzzSupport
 import VhostUserCore

@@ -1,11 +1,10 @@
-import Glibc
 import Testing
 
 @testable import VhostUserCore
 import VhostUserTestSupport
 
-/// Split virtqueues driven through a real socket, memfd memory and eventfds (virtio 1.x §2.7;
-/// vhost-user.rst "Ring states").
+/// Split virtqueues driven in memory through the embedded driver (virtio 1.x §2.7; vhost-user.rst
+/// "Ring states").
 @Suite struct QueueTests {
     // Spec: virtio 1.4 §2.7 (split virtqueues): a chain in, its used element and a call out.
     @Test func roundTripThroughTheRing() throws {

@@ -1,11 +1,10 @@
-import Glibc
 import Testing
 
 @testable import VhostUserCore
 import VhostUserEmbedded
 import VhostUserTestSupport
 
-/// Memory-table, ring-setup and back-end-channel messages, and the listening socket.
+/// Memory-table, ring-setup and back-end-channel messages (the listening socket: VhostUserTests).
 @Suite struct SetupTests {
     // Spec: vhost-user.rst VHOST_USER_SET_BACKEND_REQ_FD and VHOST_USER_BACKEND_CONFIG_CHANGE_MSG: the
     // message goes on the channel the front-end gave last, a replaced channel is closed, and a request
