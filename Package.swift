@@ -30,6 +30,9 @@ let package = Package(
         .target(name: "LittleEndianBytes"),
         // The seeded generator randomized tests and benchmarks share (replayable from the printed seed).
         .target(name: "SeededRandom"),
+        // Test support that needs neither the engine nor the daemon: waiting for a condition that gives no
+        // signal, temporary PASID store files. The store's own tests use it without the vhost-user stack.
+        .target(name: "TestSupport"),
         // Test support: include/'s C headers compiled against the Swift encoders' sizes and offsets.
         .target(name: "CHeaderCheck"),
         // What the device model needs of the host-wide PASID allocator: the protocol and the in-memory
@@ -38,7 +41,7 @@ let package = Package(
         // The durable store that vhost-iommu processes share: SQLite (the system libsqlite3).
         .systemLibrary(name: "CSQLite"),
         .target(name: "PASIDStore", dependencies: ["CSQLite", "PASIDAllocators"]),
-        .testTarget(name: "PASIDStoreTests", dependencies: ["PASIDStore", "PASIDAllocators"]),
+        .testTarget(name: "PASIDStoreTests", dependencies: ["PASIDStore", "PASIDAllocators", "TestSupport"]),
         // The vhost-user-iommu front-end protocol (docs/frontend-protocol.md): codecs, the op-log writer and
         // a reference mirror reader. No system calls, no C.
         .target(name: "IOMMUFrontend", dependencies: ["LittleEndianBytes"]),
@@ -66,9 +69,11 @@ let package = Package(
         .target(name: "VhostUserEmbedded", dependencies: [
             "VhostUserCore", .product(name: "Logging", package: "swift-log"),
         ]),
-        // A vhost-user front-end for tests and benchmarks: real socket, memfd memory, split rings, eventfds.
+        // The driver's side for tests, benchmarks and fuzz targets: a vhost-user front-end, guest memory, split
+        // rings and eventfds, over a real socket, memfds and eventfds or into the embedded driver; an echo
+        // device and the harness that puts it behind either engine.
         .target(name: "VhostUserTestSupport", dependencies: [
-            "VhostUser", "VhostUserEmbedded", "CVhostUser", "SeededRandom",
+            "VhostUser", "VhostUserEmbedded", "CVhostUser", "SeededRandom", "TestSupport",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // The core's logic, deterministic, on the embedded driver.
@@ -77,7 +82,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "VhostUserTests", dependencies: [
-            "VhostUser", "VhostUserCore", "VhostUserTestSupport",
+            "VhostUser", "VhostUserCore", "VhostUserTestSupport", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // The daemon: CLI, wiring, control socket, signals.
@@ -89,17 +94,17 @@ let package = Package(
         ]),
         // The real daemon started as a child process, for the end-to-end and real-guest tests.
         .target(name: "DaemonTestSupport", dependencies: [
-            "VhostUser", "VhostUserTestSupport", .product(name: "SystemPackage", package: "swift-system"),
+            "VhostUser", "VhostUserTestSupport", "TestSupport", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // End-to-end tests: start the real daemon and drive it over real sockets and shared memory.
         .testTarget(name: "VhostIOMMUTests", dependencies: [
             "vhost-iommu", "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDAllocators", "PASIDStore", "DaemonTestSupport",
-            "SeededRandom",
+            "SeededRandom", "TestSupport",
             "IOMMUFrontend", .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // A real QEMU and a real Linux guest in front of the daemon (scripts/setup-qemu, scripts/setup-guest).
         .testTarget(name: "IntegrationTests", dependencies: [
-            "vhost-iommu", "DaemonTestSupport", "VhostUser", .product(name: "SystemPackage", package: "swift-system"),
+            "vhost-iommu", "DaemonTestSupport", "VhostUser", "TestSupport", .product(name: "SystemPackage", package: "swift-system"),
         ], path: "Tests/Integration"),
         // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/performance.md).
         .executableTarget(name: "vhost-iommu-bench", dependencies: [

@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 
 /// What one run of a program printed, and how it ended.
@@ -11,37 +10,37 @@ public struct CommandResult: Sendable {
     public var lastLine: String { output.split(separator: "\n").last.map(String.init) ?? "" }
 }
 
-/// Runs `executable` with `arguments` to its end and returns what it printed on each stream. Both pipes are
-/// read to their end before the wait (a full pipe would block the child), standard error on a thread of its own.
-public func runCommand(_ executable: URL, _ arguments: [String]) throws -> CommandResult {
-    let process = Process()
-    process.executableURL = executable
-    process.arguments = arguments
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    try process.run()
-    let errors = PipeCollector(err.fileHandleForReading)
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return CommandResult(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self), errors: errors.text())
+/// A program started with both output streams in pipes, each read on a thread of its own (a full pipe
+/// would block the child), for a test that does something while it runs and then collects its result.
+public final class RunningCommand: Sendable {
+    public let process: Process
+    private let output: OutputReader
+    private let errors: OutputReader
+
+    public init(_ executable: URL, _ arguments: [String], environment: [String: String]? = nil) throws {
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        if let environment { process.environment = environment }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        self.process = process
+        output = OutputReader(out.fileHandleForReading)
+        errors = OutputReader(err.fileHandleForReading)
+    }
+
+    /// Waits for the end of both streams and of the program; returns what it printed and its status.
+    public func finish() -> CommandResult {
+        output.waitForEnd()
+        errors.waitForEnd()
+        process.waitUntilExit()
+        return CommandResult(status: process.terminationStatus, output: output.text, errors: errors.text)
+    }
 }
 
-/// A pipe's contents, read to the end on a thread of its own.
-public final class PipeCollector: @unchecked Sendable {
-    private let done = DispatchSemaphore(value: 0)
-    private var data = Data()
-
-    public init(_ handle: FileHandle) {
-        Thread.detachNewThread { [self] in
-            data = handle.readDataToEndOfFile()
-            done.signal()
-        }
-    }
-
-    /// Waits for the end of the pipe.
-    public func text() -> String {
-        done.wait()
-        return String(decoding: data, as: UTF8.self)
-    }
+/// Runs `executable` with `arguments` to its end and returns what it printed on each stream.
+public func runCommand(_ executable: URL, _ arguments: [String]) throws -> CommandResult {
+    try RunningCommand(executable, arguments).finish()
 }

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import VhostUser
 import SystemPackage
+import TestSupport
 import VhostUserTestSupport
 
 /// The real `vhost-iommu` executable (built into the test bundle's folder), started for one test with its own socket paths.
@@ -25,7 +26,7 @@ public final class Daemon: @unchecked Sendable {
     public let process = Process()
     public let socketPath: String
     public let controlPath: String
-    private let logReader = LogReader()
+    private let logReader: OutputReader
 
     public static var executable: URL {
         // The test bundle and the executable are built into the same folder.
@@ -64,12 +65,11 @@ public final class Daemon: @unchecked Sendable {
             throw error
         }
         try? theirs.close()
-        logReader.start(reading: ours)
+        logReader = OutputReader(closing: ours)
         if waitForSocket {
-            let deadline = ContinuousClock.now + .seconds(10)
-            while (access(socketPath, F_OK) != 0 || access(controlPath, F_OK) != 0) && ContinuousClock.now < deadline
-                    && process.isRunning {
-                usleep(2000)
+            // The daemon creates its sockets' files without telling anyone: look for them.
+            _ = waitUntil(.seconds(10), every: .milliseconds(2)) { [socketPath, controlPath, process] in
+                (access(socketPath, F_OK) == 0 && access(controlPath, F_OK) == 0) || !process.isRunning
             }
         }
     }
@@ -82,7 +82,7 @@ public final class Daemon: @unchecked Sendable {
     /// Waits until the log contains `text` (or the daemon exits, or `timeout` passes); returns whether it does.
     @discardableResult
     public func waitForLog(_ text: String, timeout: Duration = .seconds(5)) -> Bool {
-        logReader.wait(timeout: timeout) { $0.contains(text) }
+        logReader.wait(timeout: timeout) { $0.contains(text) } != nil
     }
 
     public func connect() throws -> TestFrontend { try TestFrontend(connectingTo: socketPath) }
@@ -142,58 +142,5 @@ public final class Daemon: @unchecked Sendable {
     public func requestCount(_ type: String, _ status: String) throws -> Int {
         let requests = (try stats()["requests"] as? [[String: Any]]) ?? []
         return requests.first { $0["type"] as? String == type && $0["status"] as? String == status }?["count"] as? Int ?? 0
-    }
-}
-
-/// The daemon's standard error, read to its end on a thread of its own.
-private final class LogReader: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var data = Data()
-    private var ended = false
-
-    func start(reading fd: FileDescriptor) {
-        Thread.detachNewThread { [self] in
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            while true {
-                // swift-system retries an interrupted read; an error ends the log as end of file does.
-                let n = (try? buffer.withUnsafeMutableBytes { try fd.read(into: $0) }) ?? 0
-                condition.lock()
-                if n > 0 { data.append(contentsOf: buffer[0..<n]) } else { ended = true }
-                condition.broadcast()
-                condition.unlock()
-                if n <= 0 { break }
-            }
-            try? fd.close()
-        }
-    }
-
-    var text: String {
-        condition.lock(); defer { condition.unlock() }
-        return String(decoding: data, as: UTF8.self)
-    }
-
-    /// Waits until `predicate` holds for the log so far, the log ends, or `timeout` passes.
-    func wait(timeout: Duration, until predicate: (String) -> Bool) -> Bool {
-        let deadline = Date() + Self.seconds(timeout)
-        condition.lock(); defer { condition.unlock() }
-        while true {
-            if predicate(String(decoding: data, as: UTF8.self)) { return true }
-            if ended || !condition.wait(until: deadline) { return predicate(String(decoding: data, as: UTF8.self)) }
-        }
-    }
-
-    /// Waits for the end of the log; false if `timeout` passed first.
-    func waitForEnd(timeout: Duration) -> Bool {
-        let deadline = Date() + Self.seconds(timeout)
-        condition.lock(); defer { condition.unlock() }
-        while !ended {
-            if !condition.wait(until: deadline) { return ended }
-        }
-        return true
-    }
-
-    private static func seconds(_ duration: Duration) -> TimeInterval {
-        let (seconds, attoseconds) = duration.components
-        return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
     }
 }

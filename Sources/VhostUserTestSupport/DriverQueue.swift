@@ -1,5 +1,6 @@
 import Glibc
 import SystemPackage
+import TestSupport
 import VhostUser
 
 /// The driver side of a split virtqueue in shared memory, as the Linux virtio core drives it:
@@ -197,12 +198,8 @@ public final class DriverQueue: @unchecked Sendable {
             memory.side.settle()
             return !kick.isSignalled
         }
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            if !kick.isSignalled { return true }
-            if ContinuousClock.now >= deadline { return false }
-            usleep(50)
-        }
+        // Reading an eventfd leaves no trace to wait on: look at its count every 50 µs.
+        return waitUntil(timeout, every: .microseconds(50)) { !kick.isSignalled }
     }
 
     /// Kicks only if the device asks for it (`deviceWantsKick`), as a driver does; returns whether it kicked.

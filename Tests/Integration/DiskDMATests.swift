@@ -1,6 +1,7 @@
 import DaemonTestSupport
 import Foundation
 import Glibc
+import TestSupport
 import Testing
 
 /// An IOMMU that QEMU's emulated devices DMA through, in front of two virtio-blk disks
@@ -154,12 +155,11 @@ struct DiskDMATests: GuestWorkload {
             let restarted = try Daemon(endpoints.flatMap { ["--endpoint", "\($0)"] } + ["--bypass", "off", "--log-level", "info"],
                                        polling: .daemonDefault, executable: RealGuestTests.daemonExecutable, reusingSocketPath: socket)
             daemon = restarted
-            let deadline = ContinuousClock.now + .seconds(20)
             var resynced: [DomainState] = []
-            while ContinuousClock.now < deadline {
+            // The daemon says nothing when QEMU's push has come: its control socket is asked every 50 ms.
+            _ = waitUntil(.seconds(20), every: .milliseconds(50)) {
                 resynced = (try? domains(restarted)) ?? []
-                if Set(resynced.flatMap(\.endpoints)).isSuperset(of: Self.placements.map(\.endpoint)) { break }
-                _ = poll(nil, 0, 50)
+                return Set(resynced.flatMap(\.endpoints)).isSuperset(of: Self.placements.map(\.endpoint))
             }
             #expect(Set(resynced.flatMap(\.endpoints)).isSuperset(of: Self.placements.map(\.endpoint)),
                     "the restarted daemon holds the disks' attachments from QEMU's mirror: \(resynced)")

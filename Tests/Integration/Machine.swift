@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SystemPackage
+import TestSupport
 import VhostUser
 
 struct MachineError: Error, CustomStringConvertible {
@@ -17,7 +18,7 @@ final class Machine {
     private var pending: [UInt8] = []
     /// Everything the guest printed, for the failure message.
     private(set) var transcript: [String] = []
-    private var qmpFD: CInt = -1
+    private var qmpSocket: FileDescriptor?
     private var qmpPending: [UInt8] = []
 
     /// `kernelArguments` go on the guest kernel's command line after "console=ttyS0 quiet" (e.g. "iommu.strict=1").
@@ -39,7 +40,7 @@ final class Machine {
 
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
-        if qmpFD >= 0 { close(qmpFD) }
+        try? qmpSocket?.close()
         unlink(qmpPath)
     }
 
@@ -104,11 +105,11 @@ final class Machine {
             guard left > .zero else {
                 throw MachineError(description: "timed out waiting for the guest\n\(log)")
             }
-            var pfd = pollfd(fd: consoleOut.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
+            let console = FileDescriptor(rawValue: consoleOut.fileHandleForReading.fileDescriptor)
             let ms = Int32(min(left.components.seconds * 1000 + 1, 1000))
-            guard poll(&pfd, 1, ms) > 0 else { if !process.isRunning { return nil }; continue }
+            guard SystemCall.isReadable(console, within: ms) else { if !process.isRunning { return nil }; continue }
             var buffer = [UInt8](repeating: 0, count: 4096)
-            let n = read(pfd.fd, &buffer, buffer.count)
+            let n = (try? buffer.withUnsafeMutableBytes { try console.read(into: $0) }) ?? -1
             if n <= 0 { return nil }
             pending += buffer[0..<n]
         }
@@ -124,7 +125,7 @@ final class Machine {
 
     /// Runs one QMP command and returns its "return" value as it is (`qom-get` returns a number or a string).
     func qmpValue(_ command: String, arguments: [String: Any] = [:]) throws -> Any {
-        if qmpFD < 0 { try connectQMP() }
+        if qmpSocket == nil { try connectQMP() }
         var request: [String: Any] = ["execute": command]
         if !arguments.isEmpty { request["arguments"] = arguments }
         try qmpSend(String(decoding: try JSONSerialization.data(withJSONObject: request), as: UTF8.self))
@@ -136,21 +137,19 @@ final class Machine {
     }
 
     private func connectQMP() throws {
-        let deadline = ContinuousClock.now + .seconds(10)
-        while true {
+        // QEMU opens its QMP socket some time after it starts, and says nothing: try to connect every 20 ms.
+        let connected = try waitUntil(.seconds(10), every: .milliseconds(20)) {
             let fd = try SystemCall.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue))
             do {
                 try SystemCall.connect(fd, path: qmpPath)
-                var tv = timeval(tv_sec: 60, tv_usec: 0)
-                setsockopt(fd.rawValue, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-                qmpFD = fd.rawValue
-                break
+                qmpSocket = fd
+                return true
             } catch {
                 try? fd.close()
+                return false
             }
-            guard ContinuousClock.now < deadline else { throw MachineError(description: "QMP socket \(qmpPath) never opened") }
-            usleep(20_000)
         }
+        guard connected else { throw MachineError(description: "QMP socket \(qmpPath) never opened") }
         _ = try qmpReadObject()  // greeting
         try qmpSend(#"{"execute":"qmp_capabilities"}"#)
         _ = try qmpReadObject()
@@ -158,7 +157,7 @@ final class Machine {
 
     private func qmpSend(_ json: String) throws {
         let bytes = Array((json + "\n").utf8)
-        guard bytes.withUnsafeBytes({ Glibc.send(qmpFD, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == bytes.count else {
+        guard let socket = qmpSocket, (try? bytes.withUnsafeBytes { try SystemCall.send(socket, $0) }) == bytes.count else {
             throw MachineError(description: "QMP write failed")
         }
     }
@@ -171,8 +170,12 @@ final class Machine {
                 if let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any] { return object }
                 continue
             }
+            // A QMP reply that takes over 60 s is a hung QEMU: the test fails instead of waiting on.
             var buffer = [UInt8](repeating: 0, count: 4096)
-            let n = recv(qmpFD, &buffer, buffer.count, 0)
+            guard let socket = qmpSocket, SystemCall.isReadable(socket, within: 60_000) else {
+                throw MachineError(description: "QMP connection closed or timed out")
+            }
+            let n = (try? buffer.withUnsafeMutableBytes { try socket.read(into: $0) }) ?? -1
             guard n > 0 else { throw MachineError(description: "QMP connection closed or timed out") }
             qmpPending += buffer[0..<n]
         }

@@ -1,6 +1,7 @@
 import DaemonTestSupport
 import Foundation
 import Glibc
+import TestSupport
 import Testing
 
 /// Issue 15 §3, "Notifier consumers": QEMU's IOMMU notifiers are how a vhost back-end's device IOTLB learns
@@ -135,15 +136,14 @@ struct NotifierTests: GuestWorkload {
         // DPDK's answer to an INVALIDATE that covers a ring: it drops the ring's translation and disables the
         // queue (testpmd prints a queue state event); it then asks for nothing until the driver sets it up anew.
         func queuesStopped() -> Bool { testpmd.output.dropFirst(testpmdMark).contains("queue state event") }
-        let deadline = ContinuousClock.now + .seconds(20)
         var afterDetach: [IOTLBTrace.Refusal] = []
         var receivedAfterDetach = receivedBeforeDetach
-        while ContinuousClock.now < deadline {
+        // QEMU's trace file and the guest's counters give no signal to wait on: they are read every 50 ms.
+        _ = try waitUntil(.seconds(20), every: .milliseconds(50)) {
             afterDetach = try IOTLBTrace(tracePath, region: Self.netEndpoint, mark: mark).refusalsAfterMark
                 .filter { $0.sid == Self.netEndpoint }
             receivedAfterDetach = try netStats(machine)["rx_packets"] ?? 0
-            if !afterDetach.isEmpty || receivedAfterDetach > receivedBeforeDetach || queuesStopped() { break }
-            _ = poll(nil, 0, 50)
+            return !afterDetach.isEmpty || receivedAfterDetach > receivedBeforeDetach || queuesStopped()
         }
         try testpmd.command("stop", until: "Done.")
         let traceSinceDetach = try traceText(tracePath, from: mark)
@@ -412,15 +412,8 @@ final class TestPMD {
     let socket: String
     private let prefix: String
     private let input = Pipe()
-    private let buffer = OutputBuffer()
-
-    /// testpmd's output, read to its end on a thread of its own (which holds only this, so that a test
-    /// that fails midway still releases the TestPMD, whose deinit stops testpmd).
-    private final class OutputBuffer: @unchecked Sendable {
-        let condition = NSCondition()
-        var data = Data()
-        var ended = false
-    }
+    /// testpmd's output (standard output and error), read as it comes.
+    private let reader: OutputReader
 
     /// Why testpmd cannot run here: missing, and installing it (scripts/setup-dpdk) needs root.
     static let unavailableReason: String? = {
@@ -460,19 +453,7 @@ final class TestPMD {
         process.standardOutput = output
         process.standardError = output
         try process.run()
-        let fd = output.fileHandleForReading.fileDescriptor
-        Thread.detachNewThread { [buffer] in
-            var bytes = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
-                buffer.condition.lock()
-                if n > 0 { buffer.data.append(contentsOf: bytes[0..<n]) } else { buffer.ended = true }
-                buffer.condition.broadcast()
-                buffer.condition.unlock()
-                if n <= 0 { break }
-            }
-        }
+        reader = OutputReader(output.fileHandleForReading)
     }
 
     deinit {
@@ -482,25 +463,16 @@ final class TestPMD {
     }
 
     /// Everything testpmd printed so far.
-    var output: String {
-        buffer.condition.lock(); defer { buffer.condition.unlock() }
-        return String(decoding: buffer.data, as: UTF8.self)
-    }
+    var output: String { reader.text }
 
-    private var count: Int { buffer.condition.lock(); defer { buffer.condition.unlock() }; return buffer.data.count }
+    private var count: Int { reader.count }
 
     /// Waits until the output from byte `from` on satisfies `predicate`.
     private func wait(from: Int, timeout: Duration, _ what: String, until predicate: (Substring) -> Bool) throws -> Substring {
-        let deadline = Date() + Double(timeout.components.seconds)
-        buffer.condition.lock(); defer { buffer.condition.unlock() }
-        while true {
-            let data = buffer.data
-            let text = String(decoding: data[data.startIndex + from..<data.endIndex], as: UTF8.self)[...]
-            if predicate(text) { return text }
-            if buffer.ended || !buffer.condition.wait(until: deadline) {
-                throw MachineError(description: "testpmd: no \(what)\n\(String(decoding: data.suffix(4000), as: UTF8.self))")
-            }
+        guard let text = reader.wait(from: from, timeout: timeout, until: predicate) else {
+            throw MachineError(description: "testpmd: no \(what)\n\(reader.text.suffix(4000))")
         }
+        return text
     }
 
     /// Waits for the vhost-user socket and the first prompt.
@@ -531,18 +503,11 @@ final class TestPMD {
     /// Quits testpmd; returns its exit status (SIGKILL after 30 s). Its output ends when it is gone.
     func quit() -> Int32 {
         input.fileHandleForWriting.write(Data("quit\n".utf8))
-        if !waitForEndOfOutput(until: Date() + 30) {
+        if !reader.waitForEnd(timeout: .seconds(30)) {
             kill(process.processIdentifier, SIGKILL)
-            _ = waitForEndOfOutput(until: Date() + 5)
+            reader.waitForEnd(timeout: .seconds(5))
         }
         process.waitUntilExit()
         return process.terminationStatus
-    }
-
-    /// Waits for the reader to reach the end of testpmd's output; false if `deadline` came first.
-    private func waitForEndOfOutput(until deadline: Date) -> Bool {
-        buffer.condition.lock(); defer { buffer.condition.unlock() }
-        while !buffer.ended { if !buffer.condition.wait(until: deadline) { return buffer.ended } }
-        return true
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 import Testing
 import PASIDAllocators
 import Synchronization
+import TestSupport
 @testable import PASIDStore
 
 enum StoreKind: String, CaseIterable, Sendable {
@@ -18,15 +19,6 @@ enum StoreKind: String, CaseIterable, Sendable {
             return try SQLitePASIDStore(path: path, width: width)
         }
     }
-}
-
-func temporaryStorePath() -> String {
-    "/tmp/pasid-test-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).sqlite"
-}
-
-/// Removes a store file and its WAL, shared-memory and lock files.
-func removeStore(_ path: String) {
-    for suffix in ["", "-wal", "-shm", ".lock"] { unlink(path + suffix) }
 }
 
 /// The allocator protocol, run against both stores.
@@ -126,7 +118,8 @@ func removeStore(_ path: String) {
         #expect(try again.integrityCheck())
     }
 
-    /// Spawns a process that only sleeps, to stand for another daemon.
+    /// Spawns a process that only sleeps, to stand for another daemon. Not DaemonTestSupport's runner: the
+    /// child must outlive the call and be reaped here (waitpid), and the store's tests stay off the engine.
     func spawnSleeper() -> pid_t {
         var pid: pid_t = 0
         var argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/sleep"), strdup("60"), nil]

@@ -2,6 +2,7 @@ import DaemonTestSupport
 import SystemPackage
 import Foundation
 import Glibc
+import TestSupport
 import Testing
 import VhostUser
 import VhostUserTestSupport
@@ -197,9 +198,7 @@ import VirtioIOMMU
         #expect(unkicked >= 10, "\(unkicked) of \(sent) requests went without a kick: the daemon never polled")
         #expect(try daemon.stats()["polledTurns"] as? Int ?? 0 > 0)
         // Idle: the loop blocks, after asking for kicks again; a request then gets its kick and an answer.
-        let kicksBack = ContinuousClock.now + .seconds(5)
-        while !q.kicksWanted(eventIndex: eventIndex) && ContinuousClock.now < kicksBack { usleep(100) }
-        #expect(q.kicksWanted(eventIndex: eventIndex), "kicks still off once idle")
+        #expect(waitUntil(.seconds(5)) { q.kicksWanted(eventIndex: eventIndex) }, "kicks still off once idle")
         let last = request(AttachRequest(domain: 1, endpoint: 9).encoded)
         #expect(last.kicked && last.status == IOMMUSpec.VIRTIO_IOMMU_S_OK)
         #expect(try daemon.requestCount("MAP", "OK") == sent / 2)
@@ -281,7 +280,7 @@ import VirtioIOMMU
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         #expect(posix_spawn(&pid, Daemon.executable.path, &actions, nil, &argv, environ) == 0)
-        close(theirs.rawValue)
+        try theirs.close()
         let memory = try SharedMemory(size: 1 << 20)
         let queues = try (0..<2).map { try DriverQueue(memory: memory, index: $0, size: 64) }
         let offered = try frontend.initialize(queues: queues)

@@ -194,7 +194,7 @@ extension FrontendProtocolEndToEndTests {
     static func push(_ frontend: TestFrontend, _ snapshot: StateSnapshot) throws -> FrontendStatus {
         let bytes = snapshot.encoded
         let file = OwnedFileDescriptor(try SystemCall.sealedMemfd(name: "snapshot", size: bytes.count))
-        _ = bytes.withUnsafeBytes { pwrite(file.rawValue, $0.baseAddress, $0.count, 0) }
+        _ = try file.descriptor.writeAll(toAbsoluteOffset: 0, bytes)
         return try status(request(frontend, .statePush, StatePushRequest(for: snapshot).encoded, fds: [file.rawValue]))
     }
 
@@ -221,5 +221,3 @@ extension FrontendProtocolEndToEndTests {
 private func pollReadable(_ fd: FileDescriptor) -> Bool {
     SystemCall.isReadable(fd, within: 5000)
 }
-
-/// Hands a value that is used by one thread at a time to another thread.

@@ -2,6 +2,7 @@ import SeededRandom
 import DaemonTestSupport
 import Foundation
 import Glibc
+import TestSupport
 import Testing
 import VhostUser
 import VhostUserTestSupport
@@ -15,16 +16,6 @@ func residentKiB(of pid: Int32) -> Int {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return -1 }
     return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" })[1]) ?? -1
-}
-
-/// Waits until `condition` holds (the daemon cleans up on its own thread).
-func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while !condition() {
-        if ContinuousClock.now > deadline { return false }
-        usleep(2000)
-    }
-    return true
 }
 
 /// A front-end that misbehaves: the daemon must answer with a clean error or a clean disconnect, never
@@ -50,7 +41,8 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
             try? frontend.sendRaw(input)
             frontend.disconnect()
         }
-        #expect(eventually { descriptorCount(of: pid) == baseline },
+        // The daemon closes a connection's descriptors on its own thread: wait for the count to come back.
+        #expect(waitUntil { descriptorCount(of: pid) == baseline },
                 "descriptors: \(descriptorCount(of: pid)) vs \(baseline); seed \(seed)")
         // Still serving.
         let guest: Guest
@@ -70,7 +62,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         try frontend.setProtocolFeatures(.supported)
         let memory = try SharedMemory(size: 1 << 20)
         let a = try SystemCall.eventFD(), b = try SystemCall.eventFD()
-        defer { close(a.rawValue); close(b.rawValue) }
+        defer { try? a.close(); try? b.close() }
         _ = try frontend.getFeatures()
         let baseline = descriptorCount(of: pid)
         // One region described, three descriptors sent.
@@ -80,7 +72,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
         try frontend.send(.getFeatures, fds: [a.rawValue, b.rawValue, memory.descriptor.rawValue])
         #expect(try frontend.receiveReply(to: .getFeatures).isEmpty)
         #expect(try frontend.sendAcked(.setVringCall, TestFrontend.bytes(UInt64(1 << 8)), fds: [a.rawValue]) == false)
-        #expect(eventually { descriptorCount(of: pid) == baseline }, "descriptors: \(descriptorCount(of: pid)) vs \(baseline)")
+        #expect(waitUntil { descriptorCount(of: pid) == baseline }, "descriptors: \(descriptorCount(of: pid)) vs \(baseline)")
     }
 
     /// QEMU's initialization and start, one step at a time.
@@ -120,7 +112,7 @@ func eventually(_ timeout: Duration = .seconds(5), _ condition: () -> Bool) -> B
             let frontend = try daemon.connect()
             for step in steps(frontend, memory, queues).prefix(stop) { try step() }
             frontend.disconnect()
-            #expect(eventually { descriptorCount(of: pid) == baseline }, "after \(stop) steps: \(descriptorCount(of: pid)) vs \(baseline)")
+            #expect(waitUntil { descriptorCount(of: pid) == baseline }, "after \(stop) steps: \(descriptorCount(of: pid)) vs \(baseline)")
         }
         let guest = try Guest(daemon)
         #expect(guest.status(AttachRequest(domain: 1, endpoint: 1).encoded) == .ok)

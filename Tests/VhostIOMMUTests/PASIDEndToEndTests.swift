@@ -3,17 +3,12 @@ import Foundation
 import Glibc
 import PASIDAllocators
 import PASIDStore
+import Synchronization
+import TestSupport
 import Testing
 import VhostUser
 import VhostUserTestSupport
 import VirtioIOMMU
-
-func temporaryStore() -> String { "/tmp/vhost-iommu-pasid-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).sqlite" }
-
-/// Removes a store file and its WAL, shared-memory and lock files.
-func removeStore(_ path: String) {
-    for suffix in ["", "-wal", "-shm", ".lock"] { unlink(path + suffix) }
-}
 
 extension Guest {
     func allocPASID(min: PASID = 0, max: PASID = 0) -> (Status?, PASID) {
@@ -59,7 +54,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
 @Suite(.serialized) struct PASIDEndToEndTests {
     // Spec: docs/pasid-extension.md §4 (requests, P6 on reset), §5 (PROBE property) and §6 (fault records).
     @Test func auxDomainsThroughTheRealDaemon() throws {
-        let store = temporaryStore()
+        let store = temporaryStorePath()
         defer { removeStore(store) }
         let daemon = try Daemon(["--endpoint", "0x10,pasid=8", "--endpoint", "0x18", "--pasid-store", store, "--vm", "vm-e2e", "--bypass", "off"])
         let guest = try Guest(daemon, acceptPASID: true)
@@ -101,7 +96,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
 
     // Spec: docs/pasid-extension.md §4.4 ALLOC_PASID (quota reached: NOMEM) and §7 (a clean exit frees the VM's PASIDs).
     @Test func quotaExhaustionIsNOMEM() throws {
-        let store = temporaryStore()
+        let store = temporaryStorePath()
         defer { removeStore(store) }
         let daemon = try Daemon(["--pasid-store", store, "--vm", "vm-quota", "--pasid-quota", "2"])
         let guest = try Guest(daemon, acceptPASID: true)
@@ -116,7 +111,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
 
     // Spec: docs/pasid-extension.md §7 "Owners": socket:<absolute socket path> by default.
     @Test func defaultOwnerIsDerivedFromTheSocketPath() throws {
-        let store = temporaryStore()
+        let store = temporaryStorePath()
         defer { removeStore(store) }
         let daemon = try Daemon(["--pasid-store", store])
         let guest = try Guest(daemon, acceptPASID: true)
@@ -127,18 +122,18 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
     // Two OS processes (two VMs) allocating at once from one store never get the same PASID.
     // Spec: docs/pasid-extension.md §7 "Concurrency".
     @Test func twoDaemonsShareOneStore() throws {
-        let store = temporaryStore()
+        let store = temporaryStorePath()
         defer { removeStore(store) }
         let a = try Daemon(["--pasid-store", store, "--vm", "vm-a"])
         let b = try Daemon(["--pasid-store", store, "--vm", "vm-b"])
         let guests = [try Guest(a, acceptPASID: true), try Guest(b, acceptPASID: true)]
-        let results = [PASIDBox(), PASIDBox()]
+        let results = Mutex<[[PASID]]>([[], []])  // what each guest got
         let threads = (0..<2).map { i in
-            let guest = UncheckedGuest(guest: guests[i]), box = results[i]
-            return OSThread { for _ in 0..<4 { box.append(guest.guest.allocBatch(100)) } }
+            let guest = UncheckedBox(value: guests[i])
+            return OSThread { for _ in 0..<4 { let batch = guest.value.allocBatch(100); results.withLock { $0[i] += batch } } }
         }
         threads.forEach { $0.join() }
-        let fromA = results[0].values, fromB = results[1].values
+        let (fromA, fromB) = results.withLock { ($0[0], $0[1]) }
         #expect(fromA.count == 400 && fromB.count == 400)
         #expect(Set(fromA).isDisjoint(with: fromB))
         #expect(Set(fromA + fromB).count == 800)
@@ -151,15 +146,15 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
     // store stays consistent, the dead VM's PASIDs are reclaimed, another VM's are untouched, and the
     // killed VM can start again.
     @Test func sigkillDuringAllocation() throws {
-        let store = temporaryStore()
+        let store = temporaryStorePath()
         defer { removeStore(store) }
         let survivor = try Daemon(["--pasid-store", store, "--vm", "vm-survivor"])
         let survivorGuest = try Guest(survivor, acceptPASID: true)
         let kept = survivorGuest.allocBatch(10)
         #expect(kept.count == 10)
         let victim = try Daemon(["--pasid-store", store, "--vm", "vm-victim"])
-        let victimGuest = UncheckedGuest(guest: try Guest(victim, acceptPASID: true))
-        let worker = OSThread { for _ in 0..<50 { _ = victimGuest.guest.allocBatch(200, timeout: .seconds(1)) } }
+        let victimGuest = UncheckedBox(value: try Guest(victim, acceptPASID: true))
+        let worker = OSThread { for _ in 0..<50 { _ = victimGuest.value.allocBatch(200, timeout: .seconds(1)) } }
         // Kill it once it holds some (it only allocates: what the store lists it holds until it dies).
         var victimHeld = 0
         let deadline = ContinuousClock.now + .seconds(20)
@@ -169,7 +164,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         let aliveWhenKilled = victim.process.isRunning
         kill(victim.process.processIdentifier, SIGKILL)
         #expect(victim.waitForExit() == 128 + SIGKILL)
-        victimGuest.guest.frontend.disconnect()
+        victimGuest.value.frontend.disconnect()
         worker.join()
         #expect(aliveWhenKilled && victimHeld >= 200, "the victim held \(victimHeld) PASIDs when it was killed")
         // Listing reclaims the dead owner's PASIDs; the survivor's are intact.
@@ -192,7 +187,7 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
     // docs/pasid-extension.md §7, "Reclaiming": a second daemon cannot take a live owner's name, and an
     // administrator cannot release a live owner's PASIDs; both refusals are errors that say why.
     @Test func secondDaemonCannotTakeALiveOwner() throws {
-        let store = temporaryStore()
+        let store = temporaryStorePath()
         defer { removeStore(store) }
         let first = try Daemon(["--pasid-store", store, "--vm", "vm-dup"])
         let guest = try Guest(first, acceptPASID: true)
@@ -210,13 +205,3 @@ func storeAllocations(_ path: String) throws -> [PASIDAllocation] {
         #expect(first.process.isRunning)
     }
 }
-
-final class PASIDBox: @unchecked Sendable {
-    private var lock = pthread_mutex_t()
-    private var items: [PASID] = []
-    init() { pthread_mutex_init(&lock, nil) }
-    func append(_ more: [PASID]) { pthread_mutex_lock(&lock); items += more; pthread_mutex_unlock(&lock) }
-    var values: [PASID] { pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }; return items }
-}
-
-struct UncheckedGuest: @unchecked Sendable { let guest: Guest }

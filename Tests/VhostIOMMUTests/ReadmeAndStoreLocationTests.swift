@@ -1,6 +1,8 @@
 import DaemonTestSupport
 import Foundation
 import Glibc
+import SystemPackage
+import TestSupport
 import Testing
 import VhostUser
 import VhostUserTestSupport
@@ -26,37 +28,23 @@ enum Unprivileged {
     static let unavailableReason: String? = {
         guard getuid() == 0 else { return nil }
         guard access("/usr/bin/setpriv", X_OK) == 0 else { return "running as root without /usr/bin/setpriv" }
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        probe.arguments = Array(command(["/usr/bin/test", "-x", Daemon.executable.path]).dropFirst())
-        guard (try? probe.run()) != nil else { return "setpriv does not run" }
-        probe.waitUntilExit()
-        return probe.terminationStatus == 0 ? nil : "user \(nobody) cannot run \(Daemon.executable.path)"
+        let probe = command(["/usr/bin/test", "-x", Daemon.executable.path])
+        guard let result = try? runCommand(URL(fileURLWithPath: probe[0]), Array(probe.dropFirst())) else { return "setpriv does not run" }
+        return result.status == 0 ? nil : "user \(nobody) cannot run \(Daemon.executable.path)"
     }()
 
-    /// Starts `arguments` unprivileged, with its standard error in a pipe.
-    static func start(_ arguments: [String], environment: [String: String]? = nil) throws -> (Process, Pipe) {
-        let process = Process()
+    /// Starts `arguments` unprivileged (a daemon that keeps running while the test talks to it).
+    static func start(_ arguments: [String], environment: [String: String]? = nil) throws -> RunningCommand {
         let full = command(arguments)
-        process.executableURL = URL(fileURLWithPath: full[0])
-        process.arguments = Array(full.dropFirst())
-        if let environment { process.environment = environment }
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        return (process, errors)
+        return try RunningCommand(URL(fileURLWithPath: full[0]), Array(full.dropFirst()), environment: environment)
     }
 }
 
-/// Waits until `path` exists or `process` ends (or `timeout` passes); returns whether it exists.
+/// Waits until `path` exists or `process` ends (or `timeout` passes); returns whether it exists. The
+/// daemon creates its socket's file without telling anyone: look for it.
 func waitForFile(_ path: String, while process: Process, timeout: Duration = .seconds(10)) -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while access(path, F_OK) != 0 {
-        if !process.isRunning || ContinuousClock.now >= deadline { return access(path, F_OK) == 0 }
-        usleep(2000)
-    }
-    return true
+    _ = waitUntil(timeout, every: .milliseconds(2)) { access(path, F_OK) == 0 || !process.isRunning }
+    return access(path, F_OK) == 0
 }
 
 /// What a newcomer runs first: the README's set-up commands and option table, and where the daemon keeps
@@ -94,9 +82,9 @@ func waitForFile(_ path: String, while process: Process, timeout: Duration = .se
         defer { unlink(socket) }
         try #require(arguments.contains("/tmp/vhost-iommu.sock"))
         arguments = arguments.map { $0 == "/tmp/vhost-iommu.sock" ? socket : $0 }
-        let (process, errors) = try Unprivileged.start([Daemon.executable.path] + arguments)
-        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-        let listening = waitForFile(socket, while: process)
+        let daemon = try Unprivileged.start([Daemon.executable.path] + arguments)
+        defer { if daemon.process.isRunning { kill(daemon.process.processIdentifier, SIGKILL) } }
+        let listening = waitForFile(socket, while: daemon.process)
         if listening {
             let frontend = try TestFrontend(connectingTo: socket)
             let memory = try SharedMemory(size: 1 << 20)
@@ -106,10 +94,10 @@ func waitForFile(_ path: String, while process: Process, timeout: Duration = .se
             #expect(features & IOMMUSpec.VIRTIO_IOMMU_F_MAP_UNMAP != 0)
             frontend.disconnect()  // without --reconnect the daemon then exits
         }
-        process.waitUntilExit()
-        let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let result = daemon.finish()
+        let log = result.errors
         #expect(listening, "\(log)")
-        #expect(process.terminationStatus == 0, "\(log)")
+        #expect(result.status == 0, "\(log)")
         #expect(!log.contains("PASID store"), "the plain device opens no store: \(log)")
     }
 
@@ -165,8 +153,7 @@ func waitForFile(_ path: String, while process: Process, timeout: Duration = .se
     // §7: a store that cannot be created refuses the start: exit status 1, one line naming the file and why.
     @Test func unusableStoreRefusesToStart() throws {
         let file = "/tmp/vhost-iommu-not-a-folder-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let fd = open(file, O_CREAT | O_WRONLY, 0o600)
-        close(fd)
+        try FileDescriptor.open(file, .writeOnly, options: [.create, .closeOnExec], permissions: .ownerReadWrite).close()
         defer { unlink(file) }
         let store = file + "/pasid.sqlite"  // under a regular file: no user can create it
         for arguments in [["--pasid-store", store], ["--endpoint", "0x10,pasid=8", "--pasid-store", store]] {
@@ -192,19 +179,19 @@ func waitForFile(_ path: String, while process: Process, timeout: Duration = .se
         var environment = ProcessInfo.processInfo.environment
         environment["XDG_STATE_HOME"] = state
         environment["HOME"] = state
-        let (process, errors) = try Unprivileged.start(
+        let daemon = try Unprivileged.start(
             [Daemon.executable.path, "--socket-path", socket, "--endpoint", "0x10,pasid=8"], environment: environment)
-        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-        let started = waitForFile(socket, while: process)
-        if started { kill(process.processIdentifier, SIGTERM) }
-        process.waitUntilExit()
-        let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        defer { if daemon.process.isRunning { kill(daemon.process.processIdentifier, SIGKILL) } }
+        let started = waitForFile(socket, while: daemon.process)
+        if started { kill(daemon.process.processIdentifier, SIGTERM) }
+        let result = daemon.finish()
+        let log = result.errors
         let systemStore = "/var/lib/vhost-iommu/pasid.sqlite"
         if started {
             // This host lets that user write the host-wide store: then it is the one in use.
             #expect(log.contains("PASID store \(systemStore),"), "\(log)")
         } else {
-            #expect(process.terminationStatus == 1, "\(log)")
+            #expect(result.status == 1, "\(log)")
             #expect(log.hasPrefix("vhost-iommu: cannot use the PASID store \(systemStore) ("), "\(log)")
         }
         let created = (try? FileManager.default.subpathsOfDirectory(atPath: state)) ?? []

@@ -1,6 +1,7 @@
 import DaemonTestSupport
 import PASIDAllocators
 @testable import PASIDStore
+import TestSupport
 import Testing
 import VhostUser
 import VhostUserTestSupport
@@ -13,7 +14,7 @@ import VirtioIOMMU
 /// exactly like on a fresh device.
 @Suite struct ResetEndToEndTests {
     @Test func resetDeviceWhilePollingWithAuxDomains() throws {
-        let store = temporaryStore()
+        let store = temporaryStorePath()
         defer { removeStore(store) }
         let daemon = try Daemon(["--endpoint", "0x10,pasid=8", "--pasid-store", store, "--vm", "vm-reset",
                                  "--poll-max-us", "1000", "--bypass", "off"])
@@ -57,7 +58,7 @@ import VirtioIOMMU
 /// (docs/pasid-extension.md rule 6: a reset gives the VM's PASIDs back, or says that it could not).
 @Suite struct PASIDReleaseFailureEndToEndTests {
     @Test func refusedReleaseIsLoggedAndCounted() throws {
-        let store = temporaryStore()
+        let store = temporaryStorePath()
         defer { removeStore(store) }
         let daemon = try Daemon(["--pasid-store", store, "--vm", "vm-release"])
         let guest = try Guest(daemon, acceptPASID: true)

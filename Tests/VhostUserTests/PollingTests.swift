@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import TestSupport
 import Testing
 @testable import VhostUser
 @testable import VhostUserCore
@@ -125,14 +126,4 @@ import VhostUserTestSupport
         #expect(used?.length == 2 && reply == [6, 5])
         #expect(h.device.resets == 0)
     }
-}
-
-/// Polls `condition` until it holds or `timeout` passes.
-func waitUntil(_ timeout: Duration, _ condition: () -> Bool) -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while !condition() {
-        if ContinuousClock.now >= deadline { return false }
-        usleep(100)
-    }
-    return true
 }

@@ -1,6 +1,8 @@
+import Dispatch
 import Glibc
 import Synchronization
 import SystemPackage
+import TestSupport
 import Testing
 @testable import VhostUser
 @testable import VhostUserCore
@@ -79,7 +81,7 @@ import VhostUserTestSupport
         h.engine.notifyConfigChange()
         #expect(SystemCall.isReadable(channel.descriptor, within: 5000))
         var header = [UInt8](repeating: 0, count: 12)
-        #expect(read(channel.rawValue, &header, 12) == 12)
+        #expect(try header.withUnsafeMutableBytes { try channel.descriptor.read(into: $0) } == 12)
         #expect(header == MessageHeader(request: BackendRequest.configChange.rawValue, flags: 1, size: 0).bytes)
     }
 
@@ -100,12 +102,11 @@ import VhostUserTestSupport
         // The listener removed its file; a stale socket file (nobody listening) is replaced.
         let stale = try SystemCall.socket(AF_UNIX, CInt(SOCK_STREAM.rawValue))
         try SystemCall.bind(stale, path: path)
-        close(stale.rawValue)
+        try stale.close()
         #expect(access(path, F_OK) == 0)
         do { _ = try Listener(path: path) }
         // A regular file is not a socket: left alone.
-        let file = open(path, O_CREAT | O_WRONLY, 0o600)
-        close(file)
+        try FileDescriptor.open(path, .writeOnly, options: [.create, .closeOnExec], permissions: .ownerReadWrite).close()
         #expect(throws: ListenError.notASocket(path)) { _ = try Listener(path: path) }
     }
 
@@ -117,17 +118,17 @@ import VhostUserTestSupport
         let backend = try VhostUserBackend(device: device)
         let box = UncheckedBox(value: (backend, path))
         let outcomes = UncheckedBox(value: OutcomeList())
-        let ready = UncheckedBox(value: Semaphore())
+        let ready = DispatchSemaphore(value: 0)  // the listener's file exists (or it failed): connect now
         let thread = OSThread {
-            guard let listener = try? Listener(path: box.value.1) else { ready.value.signal(); return }
-            ready.value.signal()
+            guard let listener = try? Listener(path: box.value.1) else { ready.signal(); return }
+            ready.signal()
             // Serve two front-ends one after the other, as --reconnect does.
             for _ in 0..<2 {
                 guard let fd = try? box.value.0.accept(listener) else { return }
                 outcomes.value.append(try? box.value.0.serve(connection: fd))
             }
         }
-        ready.value.wait()
+        ready.wait()
         for round in 0..<2 {
             let frontend = try TestFrontend(connectingTo: path)
             let memory = try SharedMemory(size: 1 << 20)
@@ -140,8 +141,7 @@ import VhostUserTestSupport
             #expect(queues[0].reply(of: head) == [9, UInt8(round)])
             frontend.disconnect()
             // Each disconnect resets the device before the next front-end is served.
-            let deadline = ContinuousClock.now + .seconds(5)
-            while device.resets < round + 1 && ContinuousClock.now < deadline { usleep(100) }
+            _ = waitUntil(.seconds(5)) { device.resets >= round + 1 }
             #expect(device.resets == round + 1)
         }
         thread.join()
@@ -187,12 +187,4 @@ final class OutcomeList: Sendable {
     private let list = Mutex<[VhostUserBackend.Outcome?]>([])
     var items: [VhostUserBackend.Outcome?] { list.withLock { $0 } }
     func append(_ item: VhostUserBackend.Outcome?) { list.withLock { $0.append(item) } }
-}
-
-/// A one-shot signal between threads.
-final class Semaphore: @unchecked Sendable {
-    private var semaphore = sem_t()
-    init() { sem_init(&semaphore, 0, 0) }
-    func signal() { sem_post(&semaphore) }
-    func wait() { sem_wait(&semaphore) }
 }
