@@ -40,7 +40,9 @@ let package = Package(
         .target(name: "PASIDAllocators"),
         // The durable store that vhost-iommu processes share: SQLite (the system libsqlite3).
         .systemLibrary(name: "CSQLite"),
-        .target(name: "PASIDStore", dependencies: ["CSQLite", "PASIDAllocators"]),
+        .target(name: "PASIDStore", dependencies: [
+            "CSQLite", "PASIDAllocators", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .testTarget(name: "PASIDStoreTests", dependencies: ["PASIDStore", "PASIDAllocators", "TestSupport"]),
         // The vhost-user-iommu front-end protocol (docs/frontend-protocol.md): codecs, the op-log writer and
         // a reference mirror reader. No system calls, no C.

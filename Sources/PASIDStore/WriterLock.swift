@@ -1,5 +1,6 @@
-import PASIDAllocators
 import Glibc
+import PASIDAllocators
+import SystemPackage
 
 /// A blocking lock on a file beside the database that writers take around each write transaction.
 ///
@@ -9,16 +10,20 @@ import Glibc
 /// lock is free. OFD locks belong to the open file, so two connections in one process exclude each
 /// other too.
 final class WriterLock: Sendable {
-    private let fd: Int32
-    /// F_OFD_SETLKW on Linux (Glibc exposes it only with _GNU_SOURCE).
+    private let fd: FileDescriptor
+    /// F_OFD_SETLKW on Linux (Glibc exposes it only with _GNU_SOURCE; swift-system has no record locks).
     private static let setLockWait: Int32 = 38
 
     init(path: String) throws(PASIDStoreError) {
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw .storage("cannot open \(path): \(String(cString: strerror(errno)))") }
+        do {
+            fd = try FileDescriptor.open(FilePath(path), .readWrite, options: [.create, .closeOnExec],
+                                         permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        } catch {
+            throw .storage("cannot open \(path): \(error)")
+        }
     }
 
-    deinit { close(fd) }
+    deinit { try? fd.close() }
 
     func withLock<T>(_ body: () throws(PASIDStoreError) -> T) throws(PASIDStoreError) -> T {
         try set(Int16(F_WRLCK))
@@ -30,7 +35,7 @@ final class WriterLock: Sendable {
         var lock = flock()
         lock.l_type = type
         lock.l_whence = Int16(SEEK_SET)
-        while fcntl(fd, Self.setLockWait, &lock) != 0 {
+        while fcntl(fd.rawValue, Self.setLockWait, &lock) != 0 {
             guard errno == EINTR else { throw .storage("writer lock: \(String(cString: strerror(errno)))") }
         }
     }

@@ -17,7 +17,7 @@ extension VhostUserBackend: StatisticsSource {
         statistics.polledTurns = engine.polledTurns
         statistics.blockingTurns = engine.blockingTurns
         statistics.ringErrors = engine.ringErrors
-        statistics.ringAnomaliesExplained = engine.ringErrorsExplained
+        statistics.ringErrorsExplained = engine.ringErrorsExplained
         statistics.refusedMessages = engine.refusedMessages
         statistics.warningsSuppressed = engine.warningsSuppressed
     }
@@ -78,10 +78,10 @@ struct Statistics: Codable, Sendable {
     /// Event-loop turns whose work polling found, and turns that blocked first (with `--poll-max-us` > 0).
     var polledTurns = 0
     var blockingTurns = 0
-    /// Engine: rings stopped for a ring error; ring anomalies that a later message (a reset, a stop)
-    /// explained; messages refused; warnings about guest or front-end input left out of the log.
+    /// Engine: rings stopped for a ring error; suspected ring errors that a later message (a reset, a
+    /// stop) explained; messages refused; warnings about guest or front-end input left out of the log.
     var ringErrors = 0
-    var ringAnomaliesExplained = 0
+    var ringErrorsExplained = 0
     var refusedMessages = 0
     var warningsSuppressed = 0
     var resets = 0
@@ -106,7 +106,7 @@ struct Statistics: Codable, Sendable {
             pending=\(s.faultsPending) dropped=\(s.faultsDropped) frontend_faults=\(s.frontendFaults) \
             frontend_refused=\(s.frontendFaultRecordsRefused) frontend_dropped=\(s.frontendFaultsDropped) \
             event_buffers=\(s.eventBuffersPosted) polled_turns=\(s.polledTurns) blocking_turns=\(s.blockingTurns) \
-            ring_errors=\(s.ringErrors) ring_errors_explained=\(s.ringAnomaliesExplained) refused_messages=\(s.refusedMessages) \
+            ring_errors=\(s.ringErrors) ring_errors_explained=\(s.ringErrorsExplained) refused_messages=\(s.refusedMessages) \
             warnings_suppressed=\(s.warningsSuppressed)
             """)
     }

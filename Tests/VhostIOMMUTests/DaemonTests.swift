@@ -252,13 +252,20 @@ import VirtioIOMMU
     }
 
     // SIGTERM while a front-end is connected: a clean exit that removes the socket files.
-    // Spec: README "Command line": SIGTERM exits cleanly, SIGUSR1 logs the counters.
+    // Spec: README "Command line": SIGTERM exits cleanly, SIGUSR1 logs the statistics, the same figures
+    // as the control socket's stats (the model's, the engine's and the fault ring's).
     @Test func sigtermWhileServing() throws {
         let daemon = try Daemon()
         let guest = try Guest(daemon)
         #expect(guest.status(AttachRequest(domain: 1, endpoint: 2).encoded) == .ok)
         kill(daemon.process.processIdentifier, SIGUSR1)
-        #expect(daemon.waitForLog("ATTACH/OK=1"))  // SIGUSR1 logs the counters
+        #expect(daemon.waitForLog("statistics: requests [ATTACH/OK=1]"))
+        let stats = try daemon.stats()
+        let line = daemon.log.split(separator: "\n").last { $0.contains("statistics: requests [") } ?? ""
+        for (key, name) in [("domains", "domains"), ("eventBuffersPosted", "event_buffers"), ("ringErrors", "ring_errors"),
+                            ("frontendFaults", "frontend_faults")] {
+            #expect(line.contains(" \(name)=\(stats[key] as? Int ?? -1)"), "\(name) in \(line)")
+        }
         #expect(daemon.terminate() == 0)
         #expect(access(daemon.socketPath, F_OK) != 0)
         #expect(access(daemon.controlPath, F_OK) != 0)

@@ -29,7 +29,7 @@ import VirtioIOMMU
                 let iova = UInt64(i) << 12
                 #expect(guest.status(MapRequest(domain: 2, virtualStart: iova, virtualEnd: iova + 0xfff, physicalStart: iova, flags: 3).encoded) == .ok)
             }
-            let explainedBefore = try daemon.stats()["ringAnomaliesExplained"] as? Int ?? -1
+            let explainedBefore = try daemon.stats()["ringErrorsExplained"] as? Int ?? -1
             try guest.frontend.send(.resetDevice)
             guest.requests.rewriteForRestart()
             guest.events.rewriteForRestart()
@@ -46,7 +46,7 @@ import VirtioIOMMU
             let stats = try daemon.stats()
             #expect(stats["domains"] as? Int == 0 && stats["mappings"] as? Int == 0)
             #expect(stats["ringErrors"] as? Int == 0)
-            if let explained = stats["ringAnomaliesExplained"] as? Int, explained > explainedBefore { raced = true }
+            if let explained = stats["ringErrorsExplained"] as? Int, explained > explainedBefore { raced = true }
         }
         #expect(raced, "the daemon never read a rewritten ring before the reset: the race was not exercised")
         #expect(daemon.terminate() == 0)
