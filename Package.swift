@@ -110,7 +110,7 @@ let package = Package(
         ], path: "Tests/Integration"),
         // Benchmarks: `swift run -c release vhost-iommu-bench` (docs/performance.md).
         .executableTarget(name: "vhost-iommu-bench", dependencies: [
-            "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDAllocators", "PASIDStore", "SeededRandom",
+            "VirtioIOMMU", "VhostUser", "VhostUserTestSupport", "PASIDAllocators", "PASIDStore", "SeededRandom", "TestSupport",
         ]),
         // libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer -DFUZZING; plain builds
         // make small programs that replay inputs).

@@ -124,7 +124,7 @@ public final class Daemon: @unchecked Sendable {
         defer { try? socket.close() }
         try SystemCall.connect(socket, path: controlPath)
         _ = try Array((json + "\n").utf8).withUnsafeBytes { bytes throws(Errno) in try SystemCall.send(socket, bytes) }
-        // The reply is one line; a daemon that says nothing for 5 s gets an empty answer.
+        // The reply is one line; reading stops when the daemon says nothing for 5 s (the parse then fails).
         var reply: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
         while !reply.contains(UInt8(ascii: "\n")), SystemCall.isReadable(socket, within: 5000) {

@@ -47,7 +47,8 @@ public final class OutputReader: Sendable {
     /// Its thread ends at the end of the output: by now the writer is gone or going (Daemon and TestPMD
     /// kill theirs first), so the wait is short.
     deinit {
-        if waitForEnd(timeout: .seconds(10)) { thread.join() }
+        // A writer that outlives the reader (a stray grandchild holding the pipe) must not hang the test.
+        if waitForEnd(timeout: .seconds(10)) { thread.join() } else { thread.detach() }
     }
 
     /// Everything read so far.

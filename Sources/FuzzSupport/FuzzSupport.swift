@@ -78,7 +78,8 @@ func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
 /// The callback: libFuzzer's runtime also refers to this symbol by name, so it must exist.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    fuzzBody?(UnsafeBufferPointer(start: data, count: size))
+    guard let fuzzBody else { fatalError("libFuzzer called the target before runFuzzTarget set it") }
+    fuzzBody(UnsafeBufferPointer(start: data, count: size))
     return 0
 }
 #endif

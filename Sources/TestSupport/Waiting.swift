@@ -5,9 +5,9 @@ import Glibc
 /// `interval` between checks only spaces them out.
 public func waitUntil(_ timeout: Duration = .seconds(5), every interval: Duration = .milliseconds(1),
                       _ condition: () throws -> Bool) rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    let (seconds, attoseconds) = interval.components
-    let microseconds = useconds_t(clamping: seconds * 1_000_000 + attoseconds / 1_000_000_000_000)
+    let deadline = ContinuousClock.now + min(timeout, .seconds(86_400))
+    let (seconds, attoseconds) = min(max(interval, .zero), .seconds(1)).components
+    let microseconds = useconds_t(seconds * 1_000_000 + attoseconds / 1_000_000_000_000)
     while try !condition() {
         if ContinuousClock.now >= deadline { return false }
         usleep(microseconds)

@@ -20,4 +20,8 @@ public final class OSThread: @unchecked Sendable {
     }
 
     public func join() { pthread_join(thread, nil) }
+
+    /// Lets the thread end on its own, its resources freed when it does (for one that may never end).
+    /// Call at most once, and never together with `join`.
+    public func detach() { pthread_detach(thread) }
 }

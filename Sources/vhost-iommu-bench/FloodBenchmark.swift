@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import VhostUser
+import TestSupport
 import VhostUserTestSupport
 import VirtioIOMMU
 
@@ -27,7 +28,7 @@ enum FloodBenchmark {
         let control = "/tmp/vhost-iommu-flood-\(getpid()).ctl"
         guard let pid = spawn([String(path[..<slash]) + "/vhost-iommu", "--socket-path", socket, "--control-socket", control,
                                "--pasid-store", "memory", "--log-level", "error"]) else { return nil }
-        for _ in 0..<5000 where access(socket, F_OK) != 0 || access(control, F_OK) != 0 { usleep(1000) }
+        _ = waitUntil(.seconds(5)) { access(socket, F_OK) == 0 && access(control, F_OK) == 0 }
         return (pid, socket, control)
     }
 

@@ -1,5 +1,6 @@
 import Glibc
 import VhostUser
+import TestSupport
 import VhostUserTestSupport
 import VirtioIOMMU
 
@@ -13,7 +14,7 @@ enum VhostUserPathBenchmark {
         let socket = "/tmp/vhost-iommu-bench-\(getpid()).sock"
         guard let pid = spawn([daemon, "--socket-path", socket, "--pasid-store", "memory", "--log-level", "error",
                                "--bypass", "off", "--poll-max-us", "\(pollMaxMicroseconds)"]) else { return nil }
-        for _ in 0..<5000 where access(socket, F_OK) != 0 { usleep(1000) }
+        _ = waitUntil(.seconds(5)) { access(socket, F_OK) == 0 }
         return (pid, socket)
     }
 

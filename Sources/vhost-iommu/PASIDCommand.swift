@@ -24,13 +24,13 @@ struct PASIDCommand: ParsableCommand {
         @OptionGroup var store: PASIDStoreLocation
         @Flag(help: "Print JSON.") var json = false
 
-        /// Reads `value` from the store, then prints it as sorted-key JSON or through `text`.
-        func print<T: Encodable>(_ value: (SQLitePASIDStore) throws -> T, text: (T) -> Void) throws {
-            let read = try value(PASIDCommand.open(store))
-            guard json else { return text(read) }
+        /// Reads the report from the store with `read`, then prints it as sorted-key JSON or through `text`.
+        func show<T: Encodable>(_ read: (SQLitePASIDStore) throws -> T, text: (T) -> Void) throws {
+            let value = try read(PASIDCommand.open(store))
+            guard json else { return text(value) }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
-            Swift.print(String(decoding: try encoder.encode(read), as: UTF8.self))
+            print(String(decoding: try encoder.encode(value), as: UTF8.self))
         }
     }
 
@@ -39,7 +39,7 @@ struct PASIDCommand: ParsableCommand {
         @OptionGroup var report: Report
 
         func run() throws {
-            try report.print({ try $0.allocations() }) { allocations in
+            try report.show({ try $0.allocations() }) { allocations in
                 print("PASID    OWNER")
                 for a in allocations { print(String(a.pasid).padding(toLength: 8, withPad: " ", startingAt: 0) + " " + a.owner) }
             }
@@ -51,7 +51,7 @@ struct PASIDCommand: ParsableCommand {
         @OptionGroup var report: Report
 
         func run() throws {
-            try report.print({ try $0.statistics() }) { stats in
+            try report.show({ try $0.statistics() }) { stats in
                 print("width \(stats.width), capacity \(stats.capacity), allocated \(stats.allocated), default quota \(stats.defaultQuota)")
                 for owner in stats.owners {
                     let lease = owner.pid.map { "pid \($0)\(owner.alive ? "" : " (dead)")" } ?? "no process"

@@ -78,7 +78,9 @@ struct Serve: ParsableCommand {
     var vmName: String {
         if let vm = options.vm { return vm }
         if let socketPath = options.socketPath {
-            let absolute = socketPath.hasPrefix("/") ? socketPath : FileManager.default.currentDirectoryPath + "/" + socketPath
+            // An unknown working directory gives "." (as getcwd's failure did), never a bare "/" prefix.
+            let directory = FileManager.default.currentDirectoryPath
+            let absolute = socketPath.hasPrefix("/") ? socketPath : (directory.isEmpty ? "." : directory) + "/" + socketPath
             return "socket:" + absolute
         }
         let lease = ProcessLease.current

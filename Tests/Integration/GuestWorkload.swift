@@ -27,7 +27,7 @@ extension GuestWorkload {
     }
 
     /// Binds each endpoint to vfio-pci (Linux probes the IOMMU when a driver binds, so each joins an iommu
-    /// group then): the daemon answers one PROBE per endpoint (§5.13.6.8) and attaches each (§5.13.6.3),
+    /// group then): the daemon answers one PROBE per endpoint (§5.13.6.7) and attaches each (§5.13.6.3),
     /// and no request failed. Returns the first endpoint's group.
     func bindEndpointsToVFIO(_ machine: Machine, _ daemon: Daemon, _ endpoints: [(bdf: String, id: Int)]) throws -> Int {
         let groups = try endpoints.map { try bindVFIO(machine, $0.bdf) }

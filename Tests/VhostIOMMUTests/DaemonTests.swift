@@ -260,6 +260,7 @@ import VirtioIOMMU
         #expect(guest.status(AttachRequest(domain: 1, endpoint: 2).encoded) == .ok)
         kill(daemon.process.processIdentifier, SIGUSR1)
         #expect(daemon.waitForLog("statistics: requests [ATTACH/OK=1]"))
+        #expect(daemon.waitForLog(" warnings_suppressed="))  // the line's last field: the whole line is in
         let stats = try daemon.stats()
         let line = daemon.log.split(separator: "\n").last { $0.contains("statistics: requests [") } ?? ""
         for (key, name) in [("domains", "domains"), ("eventBuffersPosted", "event_buffers"), ("ringErrors", "ring_errors"),

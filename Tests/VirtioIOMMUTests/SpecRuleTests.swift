@@ -615,7 +615,7 @@ import Testing
         #expect(deliver(&device).0 == nil)  // nothing pending: the buffer stays posted
     }
 
-    // §5.13.6.9.1: the reasons UNKNOWN, DOMAIN and MAPPING; a log line names the reason, endpoint,
+    // §5.13.6.9: the reasons UNKNOWN, DOMAIN and MAPPING; a log line names the reason, endpoint,
     // PASID (extension), address and access.
     @Test func faultLogLineNamesTheReason() {
         let domain = Fault(reason: .domain, flags: [.write, .address], endpoint: 3, address: 0x7000)
