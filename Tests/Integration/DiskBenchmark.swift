@@ -118,7 +118,7 @@ struct DiskBenchmark: GuestWorkload {
             var configuration = Configuration(name: String(parts[0]), iommu: .vhostUser)
             for option in parts.count > 1 ? parts[1].split(separator: ",") : [] {
                 let pair = option.split(separator: "=", maxSplits: 1).map(String.init)
-                try #require(pair.count == 2, "variant \(parts[0]): \(option) is not KEY=VALUE")
+                guard pair.count == 2 else { throw VariantError(text: "variant \(parts[0]): \(option) is not KEY=VALUE") }
                 switch pair[0] {
                 case "daemon": configuration.daemon = URL(fileURLWithPath: pair[1])
                 case "qemu": configuration.qemu = pair[1]
@@ -127,9 +127,10 @@ struct DiskBenchmark: GuestWorkload {
                     guard let value = Int(pair[1]) else { throw VariantError(text: "variant \(parts[0]): nice=\(pair[1])") }
                     configuration.nice = value
                 case "pin":
-                    configuration.pinning = parsePinning(pair[1], separators: ("/", ":"))
-                    try #require(pair[1] == "none" || !configuration.pinning!.isEmpty, "variant \(parts[0]): pin=\(pair[1])")
-                default: Issue.record("variant \(parts[0]): unknown key \(pair[0])")
+                    let pinning = parsePinning(pair[1], separators: ("/", ":"))
+                    guard pair[1] == "none" || !pinning.isEmpty else { throw VariantError(text: "variant \(parts[0]): pin=\(pair[1])") }
+                    configuration.pinning = pinning
+                default: throw VariantError(text: "variant \(parts[0]): unknown key \(pair[0])")
                 }
             }
             list.append(configuration)
