@@ -223,5 +223,15 @@ public enum SystemCall {
         return ((try? poll(&fds, timeout: milliseconds)) ?? 0) > 0
     }
 
+    /// Whether `fd` becomes readable before `deadline`; false once it has passed. The wait is rounded up
+    /// to whole milliseconds (at least one), so it never ends early while the deadline is still ahead.
+    public static func isReadable(_ fd: FileDescriptor, before deadline: ContinuousClock.Instant) -> Bool {
+        let remaining = deadline - .now
+        guard remaining > .zero else { return false }
+        let (seconds, attoseconds) = remaining.components
+        let milliseconds = Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+        return isReadable(fd, within: max(1, milliseconds))
+    }
+
     public static func pageSize() -> Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
 }

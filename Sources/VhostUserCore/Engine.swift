@@ -71,7 +71,7 @@ public final class VhostUserEngine: @unchecked Sendable {
     public internal(set) var disconnectRequested = false
     /// A front-end is connected: only then does the engine watch the device's descriptors (a readable
     /// one with nobody to serve it would wake a waiting loop again and again).
-    var isConnected = false
+    public internal(set) var isConnected = false
     /// Descriptors watched for the device, in the order of its `watchedDescriptors` (tokens follow it).
     var watched: [HostDescriptor] = []
     /// Warnings caused by guest or front-end input (bad chains, refused messages, ring errors).

@@ -14,7 +14,7 @@ public final class MemoryRegion: Sendable {
 
     /// Maps `size` bytes of `descriptor` at `mmapOffset` through `host`; the descriptor is closed
     /// afterwards (the mapping keeps the memory).
-    public init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64,
+    init(guestPhysicalAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64,
                 descriptor: consuming OwnedDescriptor, host: any VhostUserHost) throws(MemoryError) {
         guard size > 0, size <= UInt64(Int.max / 2),
               !guestPhysicalAddress.addingReportingOverflow(size - 1).overflow,
@@ -83,7 +83,7 @@ public struct GuestMemory: Sendable {
 
     public var isEmpty: Bool { regions.isEmpty }
 
-    public mutating func add(_ region: MemoryRegion) throws(MemoryError) {
+    mutating func add(_ region: MemoryRegion) throws(MemoryError) {
         guard regions.count < maxRegions else { throw .tooManyRegions }
         let last = region.guestPhysicalAddress + (region.size - 1)
         for existing in regions {

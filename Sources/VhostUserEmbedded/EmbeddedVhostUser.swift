@@ -11,8 +11,8 @@ public final class EmbeddedVhostUser {
     public let host: EmbeddedHost
     public let engine: VhostUserEngine
     /// False after the engine asked for the connection to end (then it was reset, as on a disconnect),
-    /// or after `disconnect()`, until `connect()`.
-    public private(set) var isConnected = true
+    /// or after `disconnect()`, until `connect()`: the engine's own flag, which both set through it.
+    public var isConnected: Bool { engine.isConnected }
     private var lastTurnEnded: ContinuousClock.Instant
 
     /// `host`: pass one when the device needs it first (descriptors of its own, for example).
@@ -42,12 +42,6 @@ public final class EmbeddedVhostUser {
         host.inbound.append((bytes, descriptors.map { host.pass($0) }))
     }
 
-    /// Queues one message.
-    public func send(_ request: FrontendRequest, _ payload: [UInt8] = [], descriptors: [HostDescriptor] = [], needReply: Bool = false) {
-        let flags = MessageHeader.version | (needReply ? MessageHeader.needReplyFlag : 0)
-        sendRaw(MessageHeader(request: request.rawValue, flags: flags, size: UInt32(payload.count)).bytes + payload, descriptors: descriptors)
-    }
-
     /// Takes up to `count` bytes the engine wrote to the front-end.
     public func readOutbound(_ count: Int) -> [UInt8] {
         let taken = Array(host.outbound.prefix(count))
@@ -59,7 +53,6 @@ public final class EmbeddedVhostUser {
     public func disconnect() {
         guard isConnected else { return }
         host.dropInbound()
-        isConnected = false
         engine.disconnected()
     }
 
@@ -67,7 +60,6 @@ public final class EmbeddedVhostUser {
     public func connect() {
         guard !isConnected else { return }
         host.outbound.removeAll()
-        isConnected = true
         engine.connected()
     }
 

@@ -19,7 +19,7 @@ public final class EchoDevice: VhostUserDevice, @unchecked Sendable {
         public static func posix() -> Environment {
             let eventFD = TestDescriptor(posix: try! SystemCall.eventFD())
             return Environment(fileSize: { try? Int(FileDescriptor($0).stat().size) },
-                               acknowledgement: HostDescriptor(rawValue: eventFD.rawValue),
+                               acknowledgement: HostDescriptor(eventFD.fileDescriptor),
                                signal: { SystemCall.signal(FileDescriptor($0)) }, drain: { SystemCall.drain(FileDescriptor($0)) },
                                owner: eventFD)
         }

@@ -84,11 +84,8 @@ public final class Doorbell: @unchecked Sendable {
         let deadline = ContinuousClock.now + timeout
         while true {
             if drain() > 0 { return true }
-            let remaining = deadline - ContinuousClock.now
-            guard remaining > .zero else { return false }
-            let (seconds, attoseconds) = remaining.components
-            let milliseconds = Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
-            _ = SystemCall.isReadable(descriptor.fileDescriptor, within: max(1, milliseconds))  // EINTR or a timeout: the loop re-checks
+            guard ContinuousClock.now < deadline else { return false }
+            _ = SystemCall.isReadable(descriptor.fileDescriptor, before: deadline)  // EINTR or a timeout: the loop re-checks
         }
     }
 }

@@ -67,8 +67,7 @@ public final class TestFrontend: @unchecked Sendable {
     }
 
     public func send(_ request: FrontendRequest, _ payload: [UInt8] = [], fds: [CInt] = [], needReply: Bool = false) throws {
-        let flags = MessageHeader.version | (needReply ? MessageHeader.needReplyFlag : 0)
-        try sendRaw(MessageHeader(request: request.rawValue, flags: flags, size: UInt32(payload.count)).bytes + payload, fds: fds)
+        try sendRaw(Self.message(request.rawValue, payload, needReply: needReply), fds: fds)
     }
 
     private func readExactly(_ count: Int) throws -> [UInt8] {
@@ -83,10 +82,7 @@ public final class TestFrontend: @unchecked Sendable {
         var got = 0
         let deadline = ContinuousClock.now + replyTimeout
         while got < count {
-            let remaining = deadline - ContinuousClock.now
-            guard remaining > .zero else { throw FrontendError.timedOut }
-            let ms = Int32(max(1, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000))
-            guard SystemCall.isReadable(socket, within: ms) else { throw FrontendError.timedOut }
+            guard SystemCall.isReadable(socket, before: deadline) else { throw FrontendError.timedOut }
             var fds: [CInt] = []
             let n = try out.withUnsafeMutableBytes { b in
                 try SystemCall.receive(socket, into: UnsafeMutableRawBufferPointer(rebasing: b[got...]), fds: &fds)
@@ -129,10 +125,15 @@ public final class TestFrontend: @unchecked Sendable {
         return Self.u64(try receiveReply(to: request))
     }
 
-    /// A device request's bytes (id in the device's own range), asking for a reply unless told not to.
-    public static func deviceRequest(_ id: UInt32, _ payload: [UInt8], needReply: Bool = true) -> [UInt8] {
+    /// A message's bytes: the header (version 1, NEED_REPLY if asked) and the payload.
+    public static func message(_ id: UInt32, _ payload: [UInt8], needReply: Bool) -> [UInt8] {
         MessageHeader(request: id, flags: MessageHeader.version | (needReply ? MessageHeader.needReplyFlag : 0),
                       size: UInt32(payload.count)).bytes + payload
+    }
+
+    /// A device request's bytes (id in the device's own range), asking for a reply unless told not to.
+    public static func deviceRequest(_ id: UInt32, _ payload: [UInt8], needReply: Bool = true) -> [UInt8] {
+        message(id, payload, needReply: needReply)
     }
 
     public static func u64(_ bytes: [UInt8]) -> UInt64 {
